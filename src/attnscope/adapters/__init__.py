@@ -1,0 +1,51 @@
+"""Registry of per-architecture adapters.
+
+Example:
+    >>> from attnscope.adapters import adapter_for
+    >>> adapter_for(object())
+    Traceback (most recent call last):
+    ...
+    attnscope.adapters.UnsupportedPipelineError: object is not supported: attnscope traces diffusers pipelines whose denoiser is a UNet2DConditionModel (Stable Diffusion 1.x, 2.x, XL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Adapter
+
+_ADAPTERS: list[type[Adapter]] = []
+
+
+class UnsupportedPipelineError(TypeError):
+    """The pipeline's denoiser has no attnscope adapter."""
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make an adapter available to :func:`adapter_for`."""
+    if cls not in _ADAPTERS:
+        _ADAPTERS.append(cls)
+    return cls
+
+
+def registered_adapters() -> list[type[Adapter]]:
+    _load_builtin()
+    return list(_ADAPTERS)
+
+
+def adapter_for(pipe: Any) -> Adapter:
+    """Return an adapter instance for ``pipe`` or raise a one-line error naming what is supported."""
+    for cls in registered_adapters():
+        if cls.supports(pipe):
+            return cls(pipe)
+    supported = "; ".join(c.description for c in _ADAPTERS)
+    raise UnsupportedPipelineError(
+        f"{type(pipe).__name__} is not supported: attnscope traces {supported}."
+    )
+
+
+def _load_builtin() -> None:
+    from . import unet  # noqa: F401  (registers itself)
+
+
+__all__ = ["Adapter", "UnsupportedPipelineError", "adapter_for", "register_adapter", "registered_adapters"]

@@ -1,0 +1,72 @@
+"""What a denoiser family must tell the tracing core.
+
+One adapter per denoiser family (UNet today; SD3 and Flux MM-DiT next). An adapter knows which
+modules are the attention layers to read, in execution order, where the prompt's token ids come
+from, whether a call carries a classifier-free-guidance batch, and how to read the latent shape
+from the denoiser's inputs. Everything else — hooks, streaming stores, methods — is shared.
+
+To add a family, subclass :class:`Adapter`, implement the abstract parts and decorate the class
+with :func:`attnscope.adapters.register_adapter`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core.layers import LayerInfo
+
+
+class Adapter:
+    """Base class of per-architecture adapters."""
+
+    #: Short family name, shown in errors and saved with results.
+    family: str = "base"
+    #: The pipelines this adapter supports, in words (for error messages).
+    description: str = ""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+
+    @classmethod
+    def supports(cls, pipe: Any) -> bool:
+        raise NotImplementedError
+
+    # -- modules -----------------------------------------------------------------------------
+    def denoiser(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def attention_layers(self) -> list[tuple[LayerInfo, torch.nn.Module]]:
+        """The layers a trace reads, in execution order, with their modules."""
+        raise NotImplementedError
+
+    def text_encoder(self) -> tuple[torch.nn.Module | None, Any]:
+        """The encoder whose input ids define the prompt's tokens, and its tokenizer."""
+        return getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "tokenizer", None)
+
+    def image_decoder(self) -> torch.nn.Module | None:
+        vae = getattr(self.pipe, "vae", None)
+        return getattr(vae, "decoder", None)
+
+    # -- per call ----------------------------------------------------------------------------
+    def uses_cfg(self) -> bool | None:
+        """Whether the running pipeline call batches [unconditional; conditional] (None: unknown)."""
+        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
+        return None if flag is None else bool(flag)
+
+    def denoiser_inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float | None]:
+        """``(latent sample, timestep)`` from a denoiser forward call."""
+        raise NotImplementedError
+
+    def latent_hw(self, sample: torch.Tensor) -> tuple[int, int]:
+        return int(sample.shape[-2]), int(sample.shape[-1])
+
+    def image_hw(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        scale = int(getattr(self.pipe, "vae_scale_factor", 1) or 1)
+        return latent_hw[0] * scale, latent_hw[1] * scale
+
+    def model_id(self) -> str:
+        config = getattr(self.pipe, "config", None)
+        name = getattr(config, "_name_or_path", None) if config is not None else None
+        return str(name or getattr(self.pipe, "name_or_path", "") or type(self.pipe).__name__)

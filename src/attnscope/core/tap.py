@@ -1,0 +1,72 @@
+"""The attention tap: read attention probabilities where ``scaled_dot_product_attention`` is called.
+
+While one attention module runs, an :class:`AttentionTap` (a ``TorchFunctionMode``) sees its call
+to ``F.scaled_dot_product_attention`` with q, k, v already projected, normed and rotated — the same
+for UNet, SD3 and Flux processors. It hands q and k to an observer and then runs the original
+fused kernel unchanged, so the traced output is bit-identical to the untraced one and fast SDPA
+stays in use. Only the first SDPA call of each module forward is read (the text attention; an
+IP-adapter's second call is left alone).
+
+Example:
+    >>> import torch, torch.nn.functional as F
+    >>> seen = []
+    >>> tap = AttentionTap(lambda q, k, mask, scale: seen.append(q.shape))
+    >>> q = torch.randn(1, 2, 4, 8)
+    >>> with tap:
+    ...     _ = F.scaled_dot_product_attention(q, q, q)
+    >>> seen
+    [torch.Size([1, 2, 4, 8])]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+Observer = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float], None]
+
+
+class AttentionTap(TorchFunctionMode):
+    """Intercepts the first SDPA call while active and reports ``(q, k, attn_mask, scale)``."""
+
+    def __init__(self, observer: Observer):
+        super().__init__()
+        self.observer = observer
+        self.seen = False
+
+    def __enter__(self):
+        self.seen = False
+        return super().__enter__()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and not self.seen:
+            self.seen = True
+            query, key = args[0], args[1]
+            mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+            scale = kwargs.get("scale")
+            if scale is None:
+                scale = 1.0 / math.sqrt(query.shape[-1])
+            with torch.no_grad():
+                self.observer(query, key, mask, scale)
+        return func(*args, **kwargs)
+
+
+def attention_probs(
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """``softmax(q kᵀ · scale + mask)`` in float32, shape ``(..., queries, keys)``.
+
+    ``mask`` follows SDPA: boolean (True = attend) or additive float, broadcastable.
+    """
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
+    return scores.softmax(dim=-1)

@@ -1,0 +1,90 @@
+"""Results on disk: a folder with ``attnscope.json`` (metadata) and ``tensors.safetensors``.
+
+No pickle anywhere. Writes go to a temporary folder beside the target that is renamed into place
+at the end, so an interrupted save leaves nothing half-written.
+
+Example:
+    >>> import attnscope                          # doctest: +SKIP
+    >>> heat.save("runs/cat"); again = attnscope.load("runs/cat")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+META_FILE = "attnscope.json"
+TENSOR_FILE = "tensors.safetensors"
+FORMAT_VERSION = 1
+
+
+class ResultFileError(ValueError):
+    """A saved result is missing, corrupt or of an unknown kind."""
+
+
+def save_result(path: str | os.PathLike, kind: str, meta: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``meta`` and ``tensors`` under ``path`` atomically; returns the folder."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    if target.exists() and not (target / META_FILE).exists():
+        raise FileExistsError(f"{target} exists and is not an attnscope result; choose another path.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        record = {"kind": kind, "format": FORMAT_VERSION, **meta}
+        (staging / META_FILE).write_text(json.dumps(record, indent=1))
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(staging / TENSOR_FILE))
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_result(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a folder written by :func:`save_result`; raises :class:`ResultFileError` with a fix."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    meta_path, tensor_path = folder / META_FILE, folder / TENSOR_FILE
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise ResultFileError(f"{folder} is not an attnscope result (needs {META_FILE} and {TENSOR_FILE}).")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultFileError(f"{meta_path} is corrupt ({err}); save the result again.") from None
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise ResultFileError(f"{tensor_path} is corrupt ({err}); save the result again.") from None
+    if not isinstance(meta, dict) or "kind" not in meta:
+        raise ResultFileError(f"{meta_path} has no 'kind'; it was not written by attnscope.")
+    if meta.get("format", 0) > FORMAT_VERSION:
+        raise ResultFileError(f"{folder} was written by a newer attnscope (format {meta['format']}); upgrade attnscope.")
+    return meta, tensors
+
+
+def load(path: str | os.PathLike):
+    """Load any saved attnscope result (``DAAMResult`` today).
+
+    >>> attnscope.load("runs/cat").word("cat").shape     # doctest: +SKIP
+    """
+    meta, tensors = read_result(path)
+    if meta["kind"] == "daam":
+        from .methods.daam import DAAMResult
+
+        return DAAMResult.from_saved(meta, tensors)
+    raise ResultFileError(f"{path} holds a result of kind {meta['kind']!r}, which this attnscope cannot read.")

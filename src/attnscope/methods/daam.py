@@ -1,0 +1,286 @@
+"""DAAM — Diffusion Attentive Attribution Maps (Tang et al., ACL 2023).
+
+A word's heat map is its cross-attention, summed over the denoising calls a trace read, upsampled
+(bicubic) per layer and head to the latent grid, clamped at 0, averaged over layers and heads,
+averaged over the word's tokens, and upsampled (bicubic) to image size. This is the paper's and the
+reference code's order; summing over time at native resolution first is exact because bicubic
+interpolation is linear. Only the word's tokens are upsampled (the reference upsamples every token).
+
+Example:
+    >>> heat = tc.daam(seed=0)                                  # doctest: +SKIP
+    >>> soft = heat.word("giraffe", image=0)                    # (H, W) float in [0, 1]
+    >>> mask = heat.word("giraffe", image=0, threshold=0.4)     # (H, W) bool
+    >>> heat.save("runs/giraffe"); attnscope.load("runs/giraffe")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..core.layers import LayerInfo
+from ..core.tokens import Word, find_word
+
+THRESHOLD_MODES = ("paper", "reference")
+
+
+@dataclass
+class DAAMResult:
+    """Per-image DAAM heat maps of one traced pipeline call.
+
+    Attributes:
+        maps: ``{layer name: (images, heads, tokens, h, w)}`` attention summed over steps.
+        layers: metadata of the layers in ``maps`` (execution order, global head offsets).
+        head_index: ``{layer name: head indices stored}`` (all heads unless the trace chose some).
+        tokens: per prompt, the token strings the text encoder saw.
+        words: per prompt, the words with their token positions.
+        prompt_of_image: the prompt index of each image.
+        image_hw, latent_hw: output image and latent sizes.
+        images: ``(images, H, W, 3)`` uint8 as decoded, or None.
+        meta: model, seed, steps, settings and version — everything needed to reproduce.
+        per_step: ``{layer name: (steps, images, heads, tokens, h, w)}`` when the trace kept steps.
+    """
+
+    maps: dict[str, torch.Tensor]
+    layers: list[LayerInfo]
+    head_index: dict[str, list[int]]
+    tokens: list[list[str]]
+    words_by_prompt: list[list[Word]]
+    prompt_of_image: list[int]
+    image_hw: tuple[int, int]
+    latent_hw: tuple[int, int]
+    images: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+    per_step: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_generation(cls, gen, trace, meta: dict) -> "DAAMResult":
+        from .. import __version__
+
+        if not gen.sums:
+            raise RuntimeError(
+                "The trace read no attention (steps/layers/factors excluded every call?); widen the selection."
+            )
+        layers = [l for l in trace.layers if l.name in gen.sums]
+        maps, per_step = {}, {}
+        for layer in layers:
+            maps[layer.name] = _to_grid(gen.sums[layer.name], layer).cpu()
+            if gen.per_step.get(layer.name):
+                per_step[layer.name] = torch.stack([_to_grid(p, layer) for p in gen.per_step[layer.name]])
+        prompts = range(gen.n_prompts) if gen.prompt_ids is not None else []
+        tokens = [gen.token_strings(p) for p in prompts]
+        record = {
+            "model": trace.adapter.model_id(),
+            "family": trace.adapter.family,
+            "cfg": gen.cfg,
+            "steps_read": list(gen.steps_read),
+            "timesteps": list(gen.timesteps),
+            "settings": {
+                "steps": None if trace.steps is None else [trace.steps.start, trace.steps.stop, trace.steps.step],
+                "factors": None if trace.factors is None else sorted(trace.factors),
+                "keep_padding": trace.keep_padding,
+            },
+            "attnscope_version": __version__,
+        }
+        record.update(meta)
+        return cls(
+            maps=maps,
+            layers=[LayerInfo(**l.to_dict()) for l in layers],
+            head_index={name: list(gen.head_index[name]) for name in maps},
+            tokens=tokens,
+            words_by_prompt=[gen.words(p) for p in prompts],
+            prompt_of_image=[gen.prompt_of_image(i) for i in range(gen.n_images)],
+            image_hw=tuple(gen.image_hw),
+            latent_hw=tuple(gen.latent_hw),
+            images=gen.images,
+            meta=record,
+            per_step=per_step,
+        )
+
+    # -- words ---------------------------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return len(self.prompt_of_image)
+
+    def words(self, image: int = 0) -> list[str]:
+        """The words of the prompt of ``image``."""
+        return [w.text for w in self._words(image)]
+
+    def prompt(self, image: int = 0) -> str:
+        return " ".join(self.words(image))
+
+    def _words(self, image: int) -> list[Word]:
+        self._check_image(image)
+        if not self.words_by_prompt:
+            raise RuntimeError("This result has no prompt tokens (prompt_embeds were passed); use token_map().")
+        return self.words_by_prompt[self.prompt_of_image[image]]
+
+    def _check_image(self, image: int) -> None:
+        if not -self.n_images <= image < self.n_images:
+            raise IndexError(f"image={image} does not exist; this result has {self.n_images} image(s).")
+
+    # -- maps ----------------------------------------------------------------------------------
+    def word(
+        self,
+        word: str,
+        image: int = 0,
+        *,
+        threshold: float | None = None,
+        occurrence: int | None = None,
+        threshold_mode: str = "paper",
+        layers: Iterable[str] | None = None,
+        heads: Iterable[int] | None = None,
+        factors: Iterable[int] | None = None,
+        step: int | None = None,
+    ) -> torch.Tensor:
+        """Heat map of ``word`` in ``image`` at image size.
+
+        Args:
+            word: a word of the prompt (exact, case-insensitive; several words = that phrase).
+            occurrence: which occurrence of a repeated word (0-based); None averages all.
+            threshold: None for the soft map in [0, 1]; τ for a boolean mask.
+            threshold_mode: ``"paper"`` (eq. 7: ``D ≥ τ·max D`` on the aggregated map) or
+                ``"reference"`` (daam 0.2.0: min-max normalised map ``> τ``).
+            layers, heads, factors: restrict the aggregation (layer names/patterns, global head
+                indices, down-sampling factors).
+            step: use one kept denoising call (needs ``trace(..., keep_steps=True)``).
+        """
+        chosen = find_word(self._words(image), word, occurrence)
+        positions = [t for w in chosen for t in w.tokens]
+        raw = self.token_map(positions, image, layers=layers, heads=heads, factors=factors, step=step)
+        return finish_map(raw, threshold, threshold_mode)
+
+    def token_map(
+        self,
+        positions: Sequence[int],
+        image: int = 0,
+        *,
+        layers: Iterable[str] | None = None,
+        heads: Iterable[int] | None = None,
+        factors: Iterable[int] | None = None,
+        step: int | None = None,
+    ) -> torch.Tensor:
+        """Un-normalised map (image size) of the mean over token ``positions``."""
+        self._check_image(image)
+        total, count = None, 0
+        for layer, local in self._selection(layers, heads, factors):
+            source = self.maps[layer.name] if step is None else self._step_maps(layer.name, step)
+            n_tokens = source.shape[2]
+            bad = [p for p in positions if not 0 <= p < n_tokens]
+            if bad:
+                raise IndexError(f"Token positions {bad} were not stored (the maps keep {n_tokens} tokens).")
+            block = source[image][local][:, list(positions)].float()  # (heads, k, h, w)
+            up = F.interpolate(block, size=self.latent_hw, mode="bicubic", align_corners=False).clamp_(min=0)
+            part = up.sum(0)
+            total = part if total is None else total + part
+            count += len(local)
+        if total is None:
+            raise ValueError("No stored layer and head matches the requested layers/heads/factors.")
+        latent_map = (total / count).mean(0)
+        return F.interpolate(latent_map[None, None], size=self.image_hw, mode="bicubic", align_corners=False)[0, 0]
+
+    def _step_maps(self, name: str, step: int) -> torch.Tensor:
+        if name not in self.per_step:
+            raise ValueError("Per-step maps were not kept; trace with attnscope.trace(pipe, keep_steps=True).")
+        steps = self.meta.get("steps_read", [])
+        if step not in steps:
+            raise ValueError(f"Step {step} was not read; the trace read steps {steps}.")
+        return self.per_step[name][steps.index(step)]
+
+    def _selection(self, layers, heads, factors):
+        from ..core.layers import select_layers
+
+        chosen = select_layers(self.layers, layers) if layers is not None else self.layers
+        if factors is not None:
+            wanted = {int(f) for f in factors}
+            chosen = [l for l in chosen if l.factor in wanted]
+        global_heads = None if heads is None else {int(h) for h in heads}
+        for layer in chosen:
+            stored = self.head_index[layer.name]
+            if global_heads is None:
+                local = list(range(len(stored)))
+            else:
+                local = [i for i, h in enumerate(stored) if layer.head_offset + h in global_heads]
+            if local:
+                yield layer, local
+
+    # -- pictures ------------------------------------------------------------------------------
+    def overlay(self, word: str, image: int = 0, alpha: float = 0.55, **options):
+        """The image (when decoded) with the word's soft map blended on top, as a PIL image."""
+        from ..viz.overlay import overlay
+
+        if self.images is None:
+            raise RuntimeError("This result holds no decoded image (output_type='latent'?); pass one to viz.overlay.")
+        return overlay(self.images[image].numpy(), self.word(word, image, **options), alpha=alpha)
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, path) -> "Path":
+        """Save as ``path/attnscope.json`` + ``path/tensors.safetensors`` (no pickle)."""
+        from ..io import save_result
+
+        tensors = {f"map/{name}": t for name, t in self.maps.items()}
+        tensors.update({f"step/{name}": t for name, t in self.per_step.items()})
+        if self.images is not None:
+            tensors["images"] = self.images
+        meta = {
+            "layers": [l.to_dict() for l in self.layers],
+            "head_index": self.head_index,
+            "tokens": self.tokens,
+            "words": [[[w.text, list(w.tokens)] for w in ws] for ws in self.words_by_prompt],
+            "prompt_of_image": self.prompt_of_image,
+            "image_hw": list(self.image_hw),
+            "latent_hw": list(self.latent_hw),
+            "meta": self.meta,
+        }
+        return save_result(path, "daam", meta, tensors)
+
+    @classmethod
+    def from_saved(cls, record: dict, tensors: dict[str, torch.Tensor]) -> "DAAMResult":
+        from ..io import ResultFileError
+
+        try:
+            layers = [LayerInfo(**l) for l in record["layers"]]
+            return cls(
+                maps={l.name: tensors[f"map/{l.name}"] for l in layers},
+                layers=layers,
+                head_index={k: list(v) for k, v in record["head_index"].items()},
+                tokens=record["tokens"],
+                words_by_prompt=[[Word(t, tuple(p)) for t, p in ws] for ws in record["words"]],
+                prompt_of_image=list(record["prompt_of_image"]),
+                image_hw=tuple(record["image_hw"]),
+                latent_hw=tuple(record["latent_hw"]),
+                images=tensors.get("images"),
+                meta=record["meta"],
+                per_step={k[5:]: v for k, v in tensors.items() if k.startswith("step/")},
+            )
+        except (KeyError, TypeError) as err:
+            raise ResultFileError(f"The saved DAAM result is incomplete (missing {err}); save it again.") from None
+
+
+def _to_grid(probs: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
+    """``(images, heads, pixels, tokens)`` → ``(images, heads, tokens, h, w)``."""
+    n, h, _, t = probs.shape
+    return probs.transpose(-1, -2).reshape(n, h, t, layer.height, layer.width).contiguous()
+
+
+def finish_map(raw: torch.Tensor, threshold: float | None, mode: str = "paper") -> torch.Tensor:
+    """Soft map (min-max to [0, 1]) or boolean mask of an aggregated map.
+
+    >>> finish_map(torch.tensor([[0.0, 1.0], [2.0, 4.0]]), 0.4).tolist()
+    [[False, False], [True, True]]
+    """
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold_mode={mode!r} is unknown; use one of {THRESHOLD_MODES}.")
+    low, high = raw.min(), raw.max()
+    soft = (raw - low) / (high - low).clamp_min(1e-8)
+    if threshold is None:
+        return soft
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} must lie in [0, 1] (a fraction of the map's maximum).")
+    if mode == "paper":
+        return raw >= threshold * high
+    return soft > threshold

@@ -1,0 +1,141 @@
+"""Tiny random-weight pipelines built offline, for tests, benchmarks and demos.
+
+Nothing here downloads: the CLIP-style BPE tokenizer is built in code from a small vocabulary
+(bytes + ``</w>`` forms + merges for a handful of words, so some words are one token and others
+split into several), and every model is a random-initialised diffusers model from a small config.
+
+Example:
+    >>> pipe = tiny_sd_pipeline()                 # doctest: +SKIP
+    >>> pipe("a cat", num_inference_steps=2, output_type="np").images.shape   # doctest: +SKIP
+    (1, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Words that become single tokens; every other word splits into smaller pieces.
+MERGED_WORDS = ("a", "an", "and", "cat", "dog", "red", "blue", "the", "of", "photo", "on", "with", "hat")
+#: Pieces (without end marker) so that e.g. "caterpillar" starts with the piece "cat".
+MERGED_PIECES = ("cat", "gir", "ze")
+
+
+def _byte_alphabet() -> list[str]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _merges_for(word: str, final: bool) -> list[tuple[str, str]]:
+    pieces = list(word)
+    if final:
+        pieces[-1] += "</w>"
+    merges = []
+    current = pieces[0]
+    for nxt in pieces[1:]:
+        merges.append((current, nxt))
+        current += nxt
+    return merges
+
+
+def tiny_clip_tokenizer(max_length: int = 77):
+    """A CLIP BPE tokenizer over a small vocabulary, built without any download."""
+    from transformers import CLIPTokenizer
+
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    for piece in MERGED_PIECES:
+        merges += _merges_for(piece, final=False)
+    for word in MERGED_WORDS:
+        merges += _merges_for(word, final=True)
+    unique_merges = list(dict.fromkeys(merges))
+    for left, right in unique_merges:
+        tokens.append(left + right)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=unique_merges)
+    tok.model_max_length = max_length
+    return tok
+
+
+def _text_encoder(vocab_size: int, hidden: int, with_projection: bool = False, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden, bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+    return model.eval()
+
+
+def _vae(levels: int, seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8,) * levels, in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        norm_num_groups=4, layers_per_block=1,
+    ).eval()
+
+
+def tiny_sd_pipeline(sample_size: int = 16, vae_levels: int = 2, seed: int = 0, heads=(2, 4)):
+    """Stable-Diffusion-layout pipeline: cross-attention at two resolutions plus the mid block."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=list(heads), norm_num_groups=8,
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        vae=_vae(vae_levels, seed), text_encoder=_text_encoder(len(tokenizer), 32, seed=seed), tokenizer=tokenizer,
+        unet=unet, scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd_proportioned_pipeline(seed: int = 0):
+    """Tiny weights in SD's proportions: 64×64 latent, 8× VAE, 512×512 images, 77 tokens."""
+    return tiny_sd_pipeline(sample_size=64, vae_levels=4, seed=seed)
+
+
+def tiny_sdxl_pipeline(sample_size: int = 16, seed: int = 0):
+    """SDXL-layout pipeline: two CLIP text encoders, text-time conditioning, 2 transformer layers deep."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = tiny_clip_tokenizer()
+    tokenizer_2 = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+        use_linear_projection=True,
+    ).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(2, seed), text_encoder=_text_encoder(len(tokenizer), 32, seed=seed),
+        text_encoder_2=_text_encoder(len(tokenizer_2), 32, with_projection=True, seed=seed + 1),
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear"), force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
