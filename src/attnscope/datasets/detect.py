@@ -138,30 +138,29 @@ def _unit_moments(shape: str) -> tuple[float, float, float, float]:
     return (mx - n / 2) / R, (my - n / 2) / R, vx / R**2, vy / R**2
 
 
-def _render(shape: str, cx: float, cy: float, sx: float, sy: float, h: int, w: int, k: int = 4) -> np.ndarray:
-    """Coverage in [0, 1] of the unit shape scaled by (sx, sy) and centred at (cx, cy)."""
+def _render(shape: str, cx: float, cy: float, sx: float, sy: float, h: int, w: int,
+            sigma: float = 0.0, k: int = 4) -> np.ndarray:
+    """Coverage in [0, 1] of the unit shape scaled by (sx, sy), centred at (cx, cy),
+    optionally Gaussian-blurred by ``sigma`` pixels."""
     t = lambda x, y: ((cx + x * sx + 0.5) * k - 0.5, (cy + y * sy + 0.5) * k - 0.5)  # noqa: E731
     canvas = Image.new("L", (w * k, h * k), 0)
     draw = ImageDraw.Draw(canvas)
     pts = shape_points(shape, 0.0, 0.0, 1.0)
     if pts is None:
-        draw.ellipse([*t(-1.0, -1.0), *t(1.0, 1.0)], fill=1)
+        draw.ellipse([*t(-1.0, -1.0), *t(1.0, 1.0)], fill=255)
     else:
-        draw.polygon([t(x, y) for x, y in pts], fill=1)
-    return np.asarray(canvas, dtype=np.float64).reshape(h, k, w, k).mean(axis=(1, 3))
+        draw.polygon([t(x, y) for x, y in pts], fill=255)
+    cov = np.asarray(canvas.resize((w, h), Image.BOX), dtype=np.float64) / 255.0
+    if sigma > 0:
+        cov = _gauss_matrix(h, sigma) @ cov @ _gauss_matrix(w, sigma).T
+    return cov
 
 
-def _gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma <= 0:
-        return a
-    rad = int(np.ceil(3 * sigma))
-    x = np.arange(-rad, rad + 1)
-    g = np.exp(-0.5 * (x / sigma) ** 2)
-    g /= g.sum()
-    h, w = a.shape
-    p = np.pad(a, rad)
-    p = sum(g[i] * p[:, i: i + w] for i in range(2 * rad + 1))
-    return sum(g[i] * p[i: i + h] for i in range(2 * rad + 1))
+@lru_cache(maxsize=512)
+def _gauss_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) matrix applying a 1-D Gaussian blur (zero padding) along one axis."""
+    d = np.arange(n)[:, None] - np.arange(n)[None, :]
+    return np.exp(-0.5 * (d / sigma) ** 2) / (np.sqrt(2 * np.pi) * sigma)
 
 
 def classify_shape(weights: np.ndarray) -> tuple[str, float]:
@@ -191,7 +190,7 @@ def classify_shape(weights: np.ndarray) -> tuple[str, float]:
             if vx - sigma**2 <= 0.25 or vy - sigma**2 <= 0.25:
                 continue
             sx, sy = np.sqrt((vx - sigma**2) / uvx), np.sqrt((vy - sigma**2) / uvy)
-            t = _gaussian_blur(_render(shape, mx - ux * sx, my - uy * sy, sx, sy, h, w), sigma)
+            t = _render(shape, mx - ux * sx, my - uy * sy, sx, sy, h, w, sigma)
             score = np.minimum(t, a).sum() / max(np.maximum(t, a).sum(), 1e-9)
             if score > best_score:
                 best, best_score = shape, float(score)

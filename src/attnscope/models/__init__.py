@@ -1,0 +1,16 @@
+"""Tiny text-to-image models trained on ShapesWorld and shipped inside the package.
+
+``default_model_dir()`` is the folder the CLI uses when no ``--model`` is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WEIGHTS = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "shapes-unet"
+
+
+def default_model_dir() -> Path | None:
+    path = WEIGHTS / DEFAULT_MODEL
+    return path if (path / "model_index.json").is_file() else None
