@@ -63,7 +63,8 @@ def attention_probs(
 
     ``mask`` follows SDPA: boolean (True = attend) or additive float, broadcastable.
     """
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    # scaling q (pixels × dim) is cheaper than scaling the scores (pixels × tokens)
+    scores = torch.matmul(query.float() * scale, key.float().transpose(-1, -2))
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))

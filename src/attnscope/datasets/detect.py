@@ -4,9 +4,10 @@ Pipeline: estimate the background as the median border colour; explain every
 pixel as a mix ``alpha * palette + (1 - alpha) * background`` and give it the
 palette colour with the smallest residual (or "background" when alpha < 0.5 or
 the residual is large); label 4-connected same-colour components; drop tiny
-ones; fill their background holes; classify the shape by matching the
-component against every shape template stretched to the component's bounding
-box (soft IoU with 4x supersampled templates).
+ones; fill their background holes; classify the shape by analysis by
+synthesis on the component's soft mixing weights: every shape template, at a
+few candidate blur levels, is fitted to the weights' centroid and second
+moments, and the best soft IoU wins (robust to blur, noise and mild stretch).
 
 Example:
     >>> from attnscope.datasets.shapes import make_scene
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
-from .shapes import COLORS, SHAPES, make_scenes, render_mask, shape_points
+from .shapes import COLORS, SHAPES, make_scenes, render_coverage, render_mask
 
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float64)
 _NAMES = list(COLORS)
@@ -139,18 +140,9 @@ def _unit_moments(shape: str) -> tuple[float, float, float, float]:
 
 
 def _render(shape: str, cx: float, cy: float, sx: float, sy: float, h: int, w: int,
-            sigma: float = 0.0, k: int = 4) -> np.ndarray:
-    """Coverage in [0, 1] of the unit shape scaled by (sx, sy), centred at (cx, cy),
-    optionally Gaussian-blurred by ``sigma`` pixels."""
-    t = lambda x, y: ((cx + x * sx + 0.5) * k - 0.5, (cy + y * sy + 0.5) * k - 0.5)  # noqa: E731
-    canvas = Image.new("L", (w * k, h * k), 0)
-    draw = ImageDraw.Draw(canvas)
-    pts = shape_points(shape, 0.0, 0.0, 1.0)
-    if pts is None:
-        draw.ellipse([*t(-1.0, -1.0), *t(1.0, 1.0)], fill=255)
-    else:
-        draw.polygon([t(x, y) for x, y in pts], fill=255)
-    cov = np.asarray(canvas.resize((w, h), Image.BOX), dtype=np.float64) / 255.0
+            sigma: float = 0.0) -> np.ndarray:
+    """Coverage of the unit shape scaled by (sx, sy) at (cx, cy), blurred by ``sigma`` px."""
+    cov = render_coverage(shape, cx, cy, sx, sy, h, w)
     if sigma > 0:
         cov = _gauss_matrix(h, sigma) @ cov @ _gauss_matrix(w, sigma).T
     return cov

@@ -50,6 +50,7 @@ _PAIR_REL = ("{a} {rel} {b}",)
 _PAIR_AND = ("{a} and {b}",)
 _TRIPLE = ("{a} {b} and {c}", "{a} and {b} and {c}")
 _SEPARATION = 0.9  # min centre distance, in units of (r_i + r_j)
+_MIN_VISIBLE = 0.7  # every object keeps at least this fraction of its pixels visible
 
 
 @dataclass
@@ -135,31 +136,38 @@ def shape_extent(shape: str, cx: float, cy: float, r: float) -> tuple[float, flo
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def render_mask(shape: str, cx: float, cy: float, r: float, height: int, width: int,
-                supersample: int = 1) -> np.ndarray:
-    """Rasterise one shape. With ``supersample=k > 1`` return float coverage in [0, 1].
+def render_coverage(shape: str, cx: float, cy: float, rx: float, ry: float, height: int, width: int,
+                    k: int = 4) -> np.ndarray:
+    """Fraction in [0, 1] of each pixel covered by ``shape`` (k x k supersampling).
 
-    Pixel (i, j) has its centre at (x=j, y=i).
+    The unit shape is scaled by ``rx`` horizontally and ``ry`` vertically.
+    Pixel (i, j) is the unit square centred at (x=j, y=i).
 
     Example:
-        >>> render_mask("square", 8, 8, 4, 16, 16).sum() > 0
-        True
+        >>> float(render_coverage("square", 8, 8, 4, 4, 16, 16).sum().round(1))
+        52.6
     """
-    k = int(supersample)
+    to = lambda x, y: ((cx + x * rx + 0.5) * k - 0.5, (cy + y * ry + 0.5) * k - 0.5)  # noqa: E731
     canvas = Image.new("L", (width * k, height * k), 0)
     draw = ImageDraw.Draw(canvas)
-    to = lambda x, y: ((x + 0.5) * k - 0.5, (y + 0.5) * k - 0.5)  # noqa: E731
-    pts = shape_points(shape, cx, cy, r)
+    pts = shape_points(shape, 0.0, 0.0, 1.0)
     if pts is None:
-        x0, y0 = to(cx - r, cy - r)
-        x1, y1 = to(cx + r, cy + r)
-        draw.ellipse([x0, y0, x1, y1], fill=1)
+        draw.ellipse([*to(-1.0, -1.0), *to(1.0, 1.0)], fill=255)
     else:
-        draw.polygon([to(x, y) for x, y in pts], fill=1)
-    arr = np.asarray(canvas, dtype=np.float32)
-    if k == 1:
-        return arr.astype(bool)
-    return arr.reshape(height, k, width, k).mean(axis=(1, 3))
+        draw.polygon([to(x, y) for x, y in pts], fill=255)
+    if k > 1:
+        canvas = canvas.resize((width, height), Image.BOX)
+    return np.asarray(canvas, dtype=np.float64) / 255.0
+
+
+def render_mask(shape: str, cx: float, cy: float, r: float, height: int, width: int) -> np.ndarray:
+    """Boolean mask of the pixels at least half covered by the shape.
+
+    Example:
+        >>> int(render_mask("square", 8, 8, 4, 16, 16).sum())
+        49
+    """
+    return render_coverage(shape, cx, cy, r, r, height, width) >= 0.5
 
 
 def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
@@ -273,18 +281,20 @@ def make_scene(rng_or_seed: int | np.random.Generator = 0, size: int = 64, n_obj
         combos = rng.permutation(len(names) * len(SHAPES))[:n]
         colors = [names[c // len(SHAPES)] for c in combos]
         shapes = [SHAPES[c % len(SHAPES)] for c in combos]
-    sizes = [SIZES[i] for i in rng.integers(2, size=n)]
-    placed, sizes = _layout(rng, size, shapes, sizes)
-    objects = [ShapeObject(s, c, z, (float(x), float(y)), float(r))
-               for s, c, z, (x, y, r) in zip(shapes, colors, sizes, placed)]
-
+    sizes0 = [SIZES[i] for i in rng.integers(2, size=n)]
+    for _try in range(20):  # re-layout while some object is mostly hidden
+        placed, sizes = _layout(rng, size, shapes, sizes0)
+        objects = [ShapeObject(s, c, z, (float(x), float(y)), float(r))
+                   for s, c, z, (x, y, r) in zip(shapes, colors, sizes, placed)]
+        full = np.stack([render_mask(o.shape, *o.center, o.radius, size, size) for o in objects])
+        masks = full.copy()
+        for k in range(1, n):
+            masks[:k] &= ~full[k]
+        if (masks.sum((1, 2)) >= _MIN_VISIBLE * full.sum((1, 2))).all():
+            break
     image = _background(rng, size, kind)
-    masks = np.zeros((n, size, size), dtype=bool)
     for k, o in enumerate(objects):
-        m = render_mask(o.shape, o.center[0], o.center[1], o.radius, size, size)
-        masks[:k] &= ~m
-        masks[k] = m
-        image[m] = COLORS[o.color]
+        image[masks[k]] = COLORS[o.color]
 
     tokens, relations = _caption(rng, objects, size_word_p)
     words = [t for t, _, _ in tokens]
