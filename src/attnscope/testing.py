@@ -20,50 +20,11 @@ MERGED_WORDS = ("a", "an", "and", "cat", "dog", "red", "blue", "the", "of", "pho
 MERGED_PIECES = ("cat", "gir", "ze")
 
 
-def _byte_alphabet() -> list[str]:
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def _merges_for(word: str, final: bool) -> list[tuple[str, str]]:
-    pieces = list(word)
-    if final:
-        pieces[-1] += "</w>"
-    merges = []
-    current = pieces[0]
-    for nxt in pieces[1:]:
-        merges.append((current, nxt))
-        current += nxt
-    return merges
-
-
 def tiny_clip_tokenizer(max_length: int = 77):
     """A CLIP BPE tokenizer over a small vocabulary, built without any download."""
-    from transformers import CLIPTokenizer
+    from .models.tokenizer import word_bpe_tokenizer
 
-    alphabet = _byte_alphabet()
-    tokens = alphabet + [c + "</w>" for c in alphabet]
-    merges: list[tuple[str, str]] = []
-    for piece in MERGED_PIECES:
-        merges += _merges_for(piece, final=False)
-    for word in MERGED_WORDS:
-        merges += _merges_for(word, final=True)
-    unique_merges = list(dict.fromkeys(merges))
-    for left, right in unique_merges:
-        tokens.append(left + right)
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    tok = CLIPTokenizer(vocab=vocab, merges=unique_merges)
-    tok.model_max_length = max_length
-    return tok
+    return word_bpe_tokenizer(MERGED_WORDS, pieces=MERGED_PIECES, max_length=max_length)
 
 
 def _text_encoder(vocab_size: int, hidden: int, with_projection: bool = False, seed: int = 0):

@@ -337,9 +337,9 @@ def detector_accuracy(n: int = 200, size: int = 64, noise_std: float = 0.0, blur
 
 
 if __name__ == "__main__":  # python -m attnscope.datasets.detect
+    conditions = [("clean", {}), ("noise σ=10", {"noise_std": 10.0}), ("blur σ=1", {"blur_sigma": 1.0}),
+                  ("blur σ=2", {"blur_sigma": 2.0}), ("blur σ=1 + noise σ=10", {"blur_sigma": 1.0, "noise_std": 10.0})]
     for size in (64, 32):
-        for name, kw in [("clean", {}), ("noise σ=10", {"noise_std": 10.0}),
-                         ("blur σ=1", {"blur_sigma": 1.0}), ("blur σ=1 + noise σ=10",
-                                                             {"blur_sigma": 1.0, "noise_std": 10.0})]:
+        for name, kw in conditions:
             r = detector_accuracy(n=200, size=size, **kw)
             print(f"{size}px {name:<22} " + "  ".join(f"{k}={v:.3f}" for k, v in r.items()))

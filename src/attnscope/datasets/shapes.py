@@ -111,10 +111,9 @@ def shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float
         pts = [(R * np.cos(a), R * np.sin(a)) for a in np.deg2rad([-90, 30, 150])]
     elif shape == "star":
         R, ri = 1.15 * r, 0.575 * r
-        pts = [((R if k % 2 == 0 else ri) * np.cos(a), (R if k % 2 == 0 else ri) * np.sin(a))
-               for k, a in enumerate(np.deg2rad(-90 + 36 * np.arange(10)))]
+        pts = [(q * np.cos(a), q * np.sin(a)) for q, a in zip([R, ri] * 5, np.deg2rad(-90 + 36 * np.arange(10)))]
     elif shape == "cross":
-        L, w = r, 0.36 * r
+        L, w = r, 0.26 * r
         pts = [(-w, -L), (w, -L), (w, -w), (L, -w), (L, w), (w, w),
                (w, L), (-w, L), (-w, w), (-L, w), (-L, -w), (-w, -w)]
     else:

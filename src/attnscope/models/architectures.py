@@ -1,0 +1,72 @@
+"""Configurations of the tiny ShapesWorld models (Stable Diffusion layout and SD3 MM-DiT layout).
+
+Every part is a stock diffusers / transformers class, so the shipped folders load with
+``DiffusionPipeline.from_pretrained`` and run through the same code path as real checkpoints.
+
+Design (measured choices are in docs/models.md): 64×64 images; a VAE with 4× down-sampling to a
+16×16×4 latent; a UNet with cross-attention at 16×16 and 8×8 plus the 4×4 mid block; a CLIP text
+encoder trained jointly with the denoiser over a word-level BPE vocabulary.
+
+Example:
+    >>> unet = shapes_unet()                       # doctest: +SKIP
+    >>> sum(p.numel() for p in unet.parameters())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+IMAGE_SIZE = 64
+LATENT_CHANNELS = 4
+VAE_LEVELS = 3  # 2 ** (levels - 1) = 4× down-sampling: 64×64 images ↔ 16×16 latents
+TEXT_WIDTH = 128
+MAX_TOKENS = 24  # the longest ShapesWorld caption is 16 words; 24 leaves room for BOS/EOS
+
+
+def shapes_tokenizer():
+    from ..datasets.shapes import vocabulary
+    from .tokenizer import word_bpe_tokenizer
+
+    return word_bpe_tokenizer(vocabulary(), max_length=MAX_TOKENS)
+
+
+def shapes_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * VAE_LEVELS,
+        up_block_types=("UpDecoderBlock2D",) * VAE_LEVELS, layers_per_block=1, norm_num_groups=16,
+        sample_size=IMAGE_SIZE,
+    )
+
+
+def shapes_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_WIDTH,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def shapes_unet():
+    from diffusers import UNet2DConditionModel
+
+    latent = IMAGE_SIZE // 2 ** (VAE_LEVELS - 1)
+    return UNet2DConditionModel(
+        sample_size=latent, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
+        block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=16,
+    )
+
+
+def shapes_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
