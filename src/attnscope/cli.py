@@ -32,6 +32,15 @@ def default_model() -> str | None:
     return str(path) if path is not None else None
 
 
+def model_defaults(model: str) -> dict:
+    """Sampling settings a model folder recommends (``attnscope_defaults.json``), if any."""
+    path = Path(model).expanduser() / "attnscope_defaults.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
 def load_pipeline(model: str, device: str, dtype: str):
     """``DiffusionPipeline.from_pretrained`` with one-line errors for missing or unsupported models."""
     import torch
@@ -86,6 +95,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = args.model or default_model()
     if model is None:
         raise CLIError("No default model ships with this build; pass --model HUB_ID_OR_FOLDER.")
+    defaults = model_defaults(model)
+    args.steps = args.steps if args.steps is not None else defaults.get("num_inference_steps", 20)
+    args.guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale", 7.5)
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1 (got {args.steps}).")
     if not 0.0 <= args.threshold <= 1.0:
@@ -149,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate an image and DAAM heat maps for its words")
     gen.add_argument("prompt")
     gen.add_argument("--model", help="hub id or local diffusers folder (default: the shipped tiny ShapesWorld model)")
-    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--steps", type=int, help="default: the model's recommendation, else 20")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--guidance", type=float, help="default: the model's recommendation, else 7.5")
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
     gen.add_argument("--words", nargs="+", help="words to map (default: every word but stop words)")

@@ -56,7 +56,7 @@ def shapes_unet():
     latent = IMAGE_SIZE // 2 ** (VAE_LEVELS - 1)
     return UNet2DConditionModel(
         sample_size=latent, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
-        block_out_channels=(64, 128, 128),
+        block_out_channels=(48, 96, 96),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=16,

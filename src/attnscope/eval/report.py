@@ -1,0 +1,67 @@
+"""Benchmark reports: JSON, a Markdown table, and a grid of example figures.
+
+Example:
+    >>> print(markdown_table({"all": {"pairs": 1, "rows": {"daam": {"mIoU_per_pair": 0.5}}}}))  # doctest: +NORMALIZE_WHITESPACE
+    | words | method | mIoU (per pair) | mIoU (pooled) | pixel acc | mAP | τ |
+    |---|---|---|---|---|---|---|
+    | all (1) | daam | 0.500 | — | — | — | — |
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = (("mIoU_per_pair", "mIoU (per pair)"), ("mIoU_pooled", "mIoU (pooled)"), ("pixel_acc", "pixel acc"),
+           ("mAP", "mAP"), ("threshold", "τ"))
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(table: dict) -> str:
+    lines = ["| words | method | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for group, block in table.items():
+        for name, row in block["rows"].items():
+            cells = " | ".join(_fmt(row.get(key)) for key, _ in COLUMNS)
+            lines.append(f"| {group} ({block['pairs']}) | {name} | {cells} |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, header: dict, table: dict, extra_markdown: str = "") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({**header, "table": table}, indent=1, default=float))
+    lines = [f"# {header.get('title', 'Segmentation benchmark')}", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items() if k != "title"]
+    lines += ["", markdown_table(table), "", extra_markdown]
+    (out / "results.md").write_text("\n".join(lines).rstrip() + "\n")
+
+
+def example_grid(pairs, images, method: str, path: Path, n: int = 8, cell: int = 96) -> None:
+    """Rows of (image, ground truth, soft map, mask) for the first ``n`` pairs."""
+    from PIL import Image, ImageDraw
+
+    from ..eval.methods import get_method
+    from ..viz.overlay import colorize
+
+    rows = []
+    for pair in pairs[:n]:
+        image = images[pair.image]
+        soft = pair.soft[method]
+        norm = (soft - soft.min()) / max(float(soft.max() - soft.min()), 1e-8)
+        mask = get_method(method).binarize(soft)
+        tiles = [image, np.repeat(pair.gt[..., None] * 255, 3, -1).astype(np.uint8), colorize(norm),
+                 np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8)]
+        row = np.concatenate([np.asarray(Image.fromarray(t).resize((cell, cell), Image.NEAREST)) for t in tiles], 1)
+        labelled = Image.fromarray(row)
+        ImageDraw.Draw(labelled).text((2, 2), pair.word, fill=(255, 255, 255))
+        rows.append(np.asarray(labelled))
+    if rows:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(rows, 0)).save(path)

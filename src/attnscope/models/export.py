@@ -1,0 +1,70 @@
+"""Assemble trained checkpoints into a standard diffusers pipeline folder.
+
+    python -m attnscope.models.export unet --vae runs/vae --unet runs/unet \
+        --out src/attnscope/models/weights/shapes-unet
+
+The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are the EMA copies,
+stored in float16 to keep the package small (they load as float32 unless asked otherwise).
+``attnscope_defaults.json`` records the sampling settings the model was measured with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import architectures as arch
+from .checkpoint import load_checkpoint
+from .train import load_vae
+
+DEFAULTS_FILE = "attnscope_defaults.json"
+
+
+def build_unet_pipeline(vae_run, unet_run):
+    from diffusers import StableDiffusionPipeline
+
+    vae = load_vae(vae_run)
+    tokenizer = arch.shapes_tokenizer()
+    unet, text_encoder = arch.shapes_unet(), arch.shapes_text_encoder(len(tokenizer))
+    state = load_checkpoint(unet_run, {"unet": unet, "text_encoder": text_encoder}, use_ema=True)
+    if state is None:
+        raise FileNotFoundError(f"No UNet checkpoint in {unet_run}.")
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=arch.shapes_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    return pipe, state
+
+
+def export(pipe, out: Path, defaults: dict) -> Path:
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
+    pipe.to(torch.float32)
+    (staging / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["unet"])
+    parser.add_argument("--vae", type=Path, required=True)
+    parser.add_argument("--unet", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=20, help="recommended sampling steps")
+    parser.add_argument("--guidance", type=float, default=4.0, help="recommended guidance scale")
+    args = parser.parse_args(argv)
+    pipe, state = build_unet_pipeline(args.vae, args.unet)
+    defaults = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": arch.IMAGE_SIZE,
+                "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"])}
+    print(export(pipe, args.out, defaults))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Train the tiny ShapesWorld models on a CPU: seeded, resumable, time-boxed.
+
+    python -m attnscope.models.train vae  --out runs/vae  --minutes 8
+    python -m attnscope.models.train unet --vae runs/vae --out runs/unet --minutes 60
+    python -m attnscope.models.train unet --vae runs/vae --out runs/unet --minutes 30   # resumes
+
+Each call continues from ``OUT/checkpoint.*`` if present and stops after ``--minutes`` (or
+``--steps`` in total), writing a checkpoint every ``--every`` steps and at the end. Batches are a
+pure function of (seed, step), so a resumed run sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..datasets.shapes import make_scene
+from . import architectures as arch
+from .checkpoint import EMA, load_checkpoint, save_checkpoint
+
+
+def scene_batch(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE):
+    """Images in [-1, 1] ``(B, 3, H, W)`` and captions for training step ``step``."""
+    rng = np.random.default_rng([seed, step])
+    scenes = [make_scene(rng, size=size) for _ in range(batch)]
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images, [s.caption for s in scenes]
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / warmup)
+
+
+def train_vae(args) -> None:
+    vae = arch.shapes_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    state = load_checkpoint(args.out, {"vae": vae}, opt) or {"step": 0, "seconds": 0.0, "log": []}
+    start, step = time.time(), state["step"]
+    while step < args.steps and time.time() - start < args.minutes * 60:
+        images, _ = scene_batch(args.seed, step, args.batch)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, 100)
+        posterior = vae.encode(images).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + args.kl * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            state["log"].append([step, round(loss.item(), 5)])
+            print(f"vae step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
+        if step % args.every == 0:
+            _save(args.out, {"vae": vae}, opt, state, step, start)
+    with torch.no_grad():
+        images, _ = scene_batch(args.seed + 1, 0, 256)
+        latents = torch.cat([vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, 256, 64)])
+        state["latent_std"] = float(latents.std())
+        state["latent_mean"] = float(latents.mean())
+    _save(args.out, {"vae": vae}, opt, state, step, start)
+
+
+def _save(out, modules, opt, state, step, start, emas=None) -> None:
+    state["step"] = step
+    state["seconds"] = state.get("seconds", 0.0) + (time.time() - start) - state.get("_counted", 0.0)
+    state["_counted"] = time.time() - start
+    save_checkpoint(out, modules, opt, {k: v for k, v in state.items() if k != "_counted"}, emas)
+
+
+def load_vae(folder):
+    vae = arch.shapes_vae()
+    state = load_checkpoint(folder, {"vae": vae})
+    if state is None:
+        raise FileNotFoundError(f"No VAE checkpoint in {folder}; train one with `python -m attnscope.models.train vae`.")
+    vae.register_to_config(scaling_factor=1.0 / state["latent_std"])
+    return vae.eval().requires_grad_(False)
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights for ε-prediction (Hang et al., 2023)."""
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(args) -> None:
+    vae = load_vae(args.vae)
+    tokenizer = arch.shapes_tokenizer()
+    torch.manual_seed(args.seed)
+    unet, text_encoder = arch.shapes_unet(), arch.shapes_text_encoder(len(tokenizer))
+    scheduler = arch.shapes_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    emas = {"unet": EMA(unet, args.ema), "text_encoder": EMA(text_encoder, args.ema)}
+    modules = {"unet": unet, "text_encoder": text_encoder}
+    state = load_checkpoint(args.out, modules, opt, emas) or {"step": 0, "seconds": 0.0, "log": [], "config": vars(args)}
+    start, step = time.time(), state["step"]
+    scale = vae.config.scaling_factor
+    empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    while step < args.steps and time.time() - start < args.minutes * 60:
+        images, captions = scene_batch(args.seed, step, args.batch)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.mean * scale
+        ids = tokenizer(captions, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+        drop = torch.rand(len(captions), generator=gen) < args.uncond
+        ids[drop] = empty
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),), generator=gen)
+        noisy = scheduler.add_noise(latents, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup)
+        pred = unet(noisy, t, text_encoder(ids)[0]).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(scheduler, t, args.snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        for name, module in modules.items():
+            emas[name].update(module, step)
+        if step % 25 == 0:
+            state["log"].append([step, round(loss.item(), 5)])
+            print(f"unet step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
+        if step % args.every == 0:
+            _save(args.out, modules, opt, state, step, start, emas)
+    _save(args.out, modules, opt, state, step, start, emas)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=["vae", "unet"])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--vae", type=Path, help="VAE run folder (for unet)")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kl", type=float, default=1e-6)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
+    parser.add_argument("--snr-gamma", type=float, default=5.0)
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.model == "vae":
+        args.batch, args.lr = args.batch or 16, args.lr or 1e-3
+        train_vae(args)
+    else:
+        if args.vae is None:
+            parser.error("unet training needs --vae RUN_FOLDER")
+        args.batch, args.lr = args.batch or 64, args.lr or 8e-4
+        train_unet(args)
+
+
+if __name__ == "__main__":
+    main()
