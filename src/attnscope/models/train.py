@@ -83,6 +83,34 @@ def load_vae(folder):
     return vae.eval().requires_grad_(False)
 
 
+def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = 64):
+    """Latents and captions of ``size`` training scenes, encoded once and cached in ``folder``.
+
+    Encoding with the VAE costs more than a UNet step, so the UNet trains on a fixed bank of
+    pre-encoded scenes (built deterministically from ``seed``) instead of encoding every batch.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path, captions_path = folder / "bank.safetensors", folder / "bank.json"
+    if path.is_file() and captions_path.is_file():
+        captions = json.loads(captions_path.read_text())
+        if len(captions) == size:
+            return load_file(str(path))["latents"].float(), captions
+    latents, captions = [], []
+    with torch.no_grad():
+        for start in range(0, size, chunk):
+            images, caps = scene_batch(seed + 1_000_000, start // chunk, min(chunk, size - start))
+            latents.append(vae.encode(images).latent_dist.mean * vae.config.scaling_factor)
+            captions += caps
+            if (start // chunk) % 20 == 0:
+                print(f"bank {start + len(caps)}/{size}", flush=True)
+    latents = torch.cat(latents).contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents.half()}, str(path))
+    captions_path.write_text(json.dumps(captions))
+    return latents.half().float(), captions
+
+
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-γ loss weights for ε-prediction (Hang et al., 2023)."""
     alphas = scheduler.alphas_cumprod[timesteps]
@@ -100,15 +128,14 @@ def train_unet(args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"unet": EMA(unet, args.ema), "text_encoder": EMA(text_encoder, args.ema)}
     modules = {"unet": unet, "text_encoder": text_encoder}
-    state = load_checkpoint(args.out, modules, opt, emas) or {"step": 0, "seconds": 0.0, "log": [], "config": vars(args)}
+    state = load_checkpoint(args.out, modules, opt, emas) or {"step": 0, "seconds": 0.0, "log": [], "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    bank, bank_captions = latent_bank(vae, Path(args.out), args.seed, args.bank)
     start, step = time.time(), state["step"]
-    scale = vae.config.scaling_factor
     empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
     while step < args.steps and time.time() - start < args.minutes * 60:
-        images, captions = scene_batch(args.seed, step, args.batch)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.mean * scale
+        index = torch.randint(0, len(bank_captions), (args.batch,), generator=gen)
+        latents, captions = bank[index], [bank_captions[i] for i in index.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
         drop = torch.rand(len(captions), generator=gen) < args.uncond
         ids[drop] = empty
@@ -152,6 +179,7 @@ def main(argv=None) -> None:
     parser.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
     parser.add_argument("--snr-gamma", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--bank", type=int, default=24_000, help="pre-encoded training scenes (unet)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model == "vae":
