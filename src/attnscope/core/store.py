@@ -46,6 +46,7 @@ class Generation:
     per_step: dict = field(default_factory=dict)
     images: torch.Tensor | None = None
     _decoded: list = field(default_factory=list)
+    _kept: int | None = None
 
     # -- shape of the batch -------------------------------------------------------------------
     @property
@@ -82,6 +83,11 @@ class Generation:
 
     def kept_tokens(self, total: int) -> int:
         """How many leading tokens to store: through the longest prompt's end token."""
+        if self._kept is None:
+            self._kept = self._count_kept(total)
+        return self._kept
+
+    def _count_kept(self, total: int) -> int:
         if self.keep_padding or self.prompt_ids is None or self.tokenizer is None:
             return total
         eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -107,10 +113,11 @@ class Generation:
     def accumulate(self, layer: LayerInfo, heads: list[int], probs: torch.Tensor) -> None:
         """Add one call's conditional probabilities ``(images, heads, pixels, tokens)``."""
         keep = self.kept_tokens(probs.shape[-1])
-        probs = probs[..., :keep]
+        if keep < probs.shape[-1]:
+            probs = probs[..., :keep]
         current = self.sums.get(layer.name)
         if current is None:
-            self.sums[layer.name] = probs.clone()
+            self.sums[layer.name] = probs.contiguous()
             self.head_index[layer.name] = list(heads)
         else:
             current.add_(probs)

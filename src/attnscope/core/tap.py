@@ -46,14 +46,22 @@ class AttentionTap(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and not self.seen:
             self.seen = True
-            query, key = args[0], args[1]
-            mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
-            scale = kwargs.get("scale")
-            if scale is None:
-                scale = 1.0 / math.sqrt(query.shape[-1])
+            query, key, mask, scale = sdpa_arguments(args, kwargs)
             with torch.no_grad():
                 self.observer(query, key, mask, scale)
         return func(*args, **kwargs)
+
+
+def sdpa_arguments(args: tuple, kwargs: dict):
+    """``(query, key, attn_mask, scale)`` of an SDPA call, given positionally or by keyword."""
+    names = ("query", "key", "value", "attn_mask")
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names or k == "scale"})
+    query, key = bound["query"], bound["key"]
+    scale = bound.get("scale")
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    return query, key, bound.get("attn_mask"), scale
 
 
 def attention_probs(

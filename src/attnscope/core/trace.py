@@ -70,6 +70,7 @@ class Trace:
         self.generations: list[Generation] = []
         self._pending_ids: torch.Tensor | None = None
         self._handles: list = []
+        self._grid_latent: dict = {}
         self._active = False
 
     # -- configuration -------------------------------------------------------------------------
@@ -205,9 +206,11 @@ class Trace:
         gen = self.generations[-1] if self.generations else None
         if gen is None or gen.closed or not gen.accepts_step(self.steps):
             return
-        h, w, factor = grid_for(int(query.shape[-2]), gen.latent_hw)
-        layer.height, layer.width, layer.factor = h, w, factor
-        if self.factors is not None and factor not in self.factors:
+        pixels = int(query.shape[-2])
+        if layer.height * layer.width != pixels or self._grid_latent.get(layer.name) != gen.latent_hw:
+            layer.height, layer.width, layer.factor = grid_for(pixels, gen.latent_hw)
+            self._grid_latent[layer.name] = gen.latent_hw
+        if self.factors is not None and layer.factor not in self.factors:
             return
         rows = gen.conditional_rows()
         heads = self.head_index[layer.name]
@@ -218,8 +221,7 @@ class Trace:
             mask = mask[rows] if mask.shape[0] == query.shape[0] else mask
             if len(heads) != layer.heads and mask.shape[1] == layer.heads:
                 mask = mask[:, heads]
-        probs = attention_probs(q, k, mask, scale)
-        gen.accumulate(layer, heads, probs)
+        gen.accumulate(layer, heads, attention_probs(q, k, mask, scale))
 
     # -- results ---------------------------------------------------------------------------------
     def generation(self, index: int = -1) -> Generation:

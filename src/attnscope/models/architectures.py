@@ -70,3 +70,39 @@ def shapes_scheduler():
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
     )
+
+
+# -- MM-DiT (Stable Diffusion 3 layout) ------------------------------------------------------------
+#: SD3 pipelines append this many all-zero "T5" tokens when no T5 encoder is present (diffusers' default).
+SD3_ZERO_TOKENS = 256
+SD3_CLIP_WIDTH = 64
+
+
+def shapes_sd3_text_encoder(vocab_size: int, seed: int):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=SD3_CLIP_WIDTH, intermediate_size=4 * SD3_CLIP_WIDTH, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=SD3_CLIP_WIDTH,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModelWithProjection(config)
+
+
+def shapes_sd3_transformer():
+    from diffusers import SD3Transformer2DModel
+
+    latent = IMAGE_SIZE // 2 ** (VAE_LEVELS - 1)
+    return SD3Transformer2DModel(
+        sample_size=latent, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=4,
+        attention_head_dim=32, num_attention_heads=4, joint_attention_dim=2 * SD3_CLIP_WIDTH,
+        caption_projection_dim=128, pooled_projection_dim=2 * SD3_CLIP_WIDTH, pos_embed_max_size=latent,
+    )
+
+
+def shapes_flow_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)

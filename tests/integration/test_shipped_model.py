@@ -1,0 +1,74 @@
+"""The shipped ShapesWorld model: loads like any diffusers folder, and the default CLI / eval paths run on it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import attnscope
+from attnscope.models import default_model_dir
+
+MODEL = default_model_dir()
+pytestmark = pytest.mark.skipif(MODEL is None, reason="this build ships no default model")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import DiffusionPipeline
+
+    p = DiffusionPipeline.from_pretrained(MODEL, dtype=torch.float32)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_loads_as_stable_diffusion_layout(pipe):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.unet, UNet2DConditionModel)
+    tc = attnscope.trace(pipe)
+    assert len({l.factor or l.name.split(".")[0] for l in tc.layers}) >= 2  # cross-attention at ≥ 2 resolutions
+    size = sum(f.stat().st_size for f in MODEL.rglob("*.safetensors"))
+    assert size <= 40 * 2**20
+
+
+def test_every_caption_word_is_one_token(pipe):
+    from attnscope.datasets.shapes import vocabulary
+
+    for word in vocabulary():
+        assert len(pipe.tokenizer.tokenize(word)) == 1, word
+
+
+def test_traced_equals_untraced_and_maps(pipe):
+    prompt = "a red circle to the left of a blue square"
+    kwargs = dict(num_inference_steps=4, guidance_scale=4.0, output_type="np")
+    plain = pipe(prompt, generator=torch.Generator().manual_seed(0), **kwargs).images
+    with attnscope.trace(pipe) as tc:
+        traced = pipe(prompt, generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.array_equal(plain, traced)
+    heat = tc.daam()
+    assert heat.words() == prompt.split()
+    assert heat.word("circle").shape == (64, 64)
+
+
+def test_cli_default_model(tmp_path):
+    from attnscope.cli import main
+
+    assert main(["generate", "a yellow star", "--out", str(tmp_path / "o"), "--steps", "4"]) == 0
+    record = json.loads((tmp_path / "o" / "record.json").read_text())
+    assert record["model"].endswith("shapes-unet") and record["words"] == ["yellow", "star"]
+
+
+@pytest.mark.parametrize("protocol", ["generated", "real"])
+def test_eval_runs_and_reports_baselines(tmp_path, protocol):
+    from attnscope.cli import main
+
+    out = tmp_path / protocol
+    assert main(["eval", "--protocol", protocol, "--n", "4", "--steps", "4", "--batch", "4", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = results["table"]["all"]["rows"]
+    assert {"baseline: whole image", "baseline: random map", "daam", "daam @ best fixed τ (oracle)"} <= set(rows)
+    whole = rows["baseline: whole image"]
+    assert 0 < whole["mIoU_per_pair"] < 1 and whole["pixel_acc"] == pytest.approx(whole["mIoU_per_pair"], abs=1e-9)
+    assert rows["daam @ best fixed τ (oracle)"]["mIoU_per_pair"] >= rows["daam"]["mIoU_per_pair"] - 1e-9
+    assert (out / "results.md").is_file() and (out / "examples_daam.png").is_file()
