@@ -20,3 +20,23 @@ def test_one_biased_zero_token_equals_many():
         with ZeroTokenBias(arch.SD3_ZERO_TOKENS):
             short = transformer(latents, encoder_hidden_states=one, pooled_projections=pooled, timestep=t).sample
     torch.testing.assert_close(short, stock, atol=1e-4, rtol=1e-4)
+
+
+def test_training_smoke_and_stock_pipeline(tmp_path):
+    """Two steps train, resume-free, and the result loads as a stock StableDiffusion3Pipeline folder."""
+    from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
+
+    from attnscope.models.train import main as train_main
+    from attnscope.models.train_mmdit import build_pipeline, main as mmdit_main
+
+    common = ["--batch", "2", "--threads", "1", "--every", "1000"]
+    train_main(["vae", "--out", str(tmp_path / "vae"), "--steps", "1"] + common)
+    mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "mmdit"), "--steps", "2", "--bank", "8"] + common)
+    pipe, state = build_pipeline(tmp_path / "vae", tmp_path / "mmdit")
+    assert state["step"] == 2
+    pipe.save_pretrained(tmp_path / "folder")
+    again = DiffusionPipeline.from_pretrained(tmp_path / "folder", text_encoder_3=None, tokenizer_3=None)  # no T5, as for SD3 without T5
+    assert isinstance(again, StableDiffusion3Pipeline)
+    again.set_progress_bar_config(disable=True)
+    image = again("a red circle", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
