@@ -79,7 +79,7 @@ def cmd_eval(args) -> int:
         header.update(steps=steps, guidance=guidance, quality_gate=round(gate, 4),
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
                       quality_by_objects={str(n): round(sum(v) / len(v), 4) for n, v in by_n.items()},
-                      scored_pairs=len(pairs))
+                      truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
         extra = ("Quality gate: share of generated images in which the detector finds every captioned object "
                  f"with the right colour and shape: **{gate:.1%}** of {len(records)}.")
     else:

@@ -42,8 +42,11 @@ class Pair:
 
 
 def _words_match(result, image: int, scene) -> list:
+    """The prompt's words as the model saw them: the caption's words, possibly cut by the tokenizer's length."""
     words = result.words_by_prompt[result.prompt_of_image[image]]
-    if [w.text for w in words] != scene.words:
+    if words and len(words) <= len(scene.words) and words[-1].text != scene.words[len(words) - 1]:
+        words = words[:-1]  # the last word was cut in the middle of its tokens
+    if [w.text for w in words] != scene.words[: len(words)]:
         raise ValueError(f"Tokenizer words {[w.text for w in words]} differ from the caption's {scene.words}.")
     return words
 
@@ -53,6 +56,8 @@ def collect_pairs(result, scenes, gts, methods, offset: int = 0) -> list[Pair]:
     for i, (scene, gt) in enumerate(zip(scenes, gts)):
         words = _words_match(result, i, scene)
         for index, mask in gt.items():
+            if index >= len(words):  # cut off by the text encoder's context length: not scorable
+                continue
             pair = Pair(offset + i, scene.words[index], scene.word_kinds[index], mask.astype(bool))
             for name in methods:
                 pair.soft[name] = get_method(name).soft_map(result, i, list(words[index].tokens))
@@ -77,6 +82,7 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
         for scene, image in zip(chunk, arrays):
             found = detect(image)
             records.append({"caption": scene.caption, "n_objects": len(scene.objects),
+                            "truncated": len(pipe.tokenizer(scene.caption).input_ids) > pipe.tokenizer.model_max_length,
                             "match": bool(matches_caption(found, scene.objects)),
                             "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects)})
             gts.append(masks_for_words(found, scene))

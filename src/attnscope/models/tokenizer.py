@@ -39,6 +39,18 @@ def _merges_for(word: str, final: bool) -> list[tuple[str, str]]:
     return merges
 
 
+def _apply_merges(parts: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly join the adjacent pair of best (lowest) rank."""
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(parts) > 1:
+        pairs = [(rank.get((a, b), len(rank)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        best, i = min(pairs)
+        if best == len(rank):
+            break
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2 :]
+    return parts
+
+
 def word_bpe_tokenizer(words: Iterable[str], pieces: Iterable[str] = (), max_length: int = 77):
     """A ``CLIPTokenizer`` in which every word of ``words`` is one token (``pieces``: extra sub-word tokens)."""
     from transformers import CLIPTokenizer
@@ -48,9 +60,16 @@ def word_bpe_tokenizer(words: Iterable[str], pieces: Iterable[str] = (), max_len
     merges: list[tuple[str, str]] = []
     for piece in pieces:
         merges += _merges_for(piece, final=False)
-    for word in words:
-        merges += _merges_for(word, final=True)
     merges = list(dict.fromkeys(merges))
+    for word in words:
+        # join whatever the merges so far make of this word; appended merges rank below all
+        # earlier ones, so they can never break a word merged before
+        parts = _apply_merges(list(word[:-1]) + [word[-1] + "</w>"], merges)
+        current = parts[0]
+        for nxt in parts[1:]:
+            if (current, nxt) not in merges:
+                merges.append((current, nxt))
+            current += nxt
     tokens += [left + right for left, right in merges]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     for special in ("<|startoftext|>", "<|endoftext|>"):

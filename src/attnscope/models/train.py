@@ -75,6 +75,12 @@ def _save(out, modules, opt, state, step, start, emas=None) -> None:
 
 
 def load_vae(folder):
+    """The VAE of a training run folder, or of an exported pipeline folder (``folder/vae``)."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(folder / "vae", dtype=torch.float32).eval().requires_grad_(False)
     vae = arch.shapes_vae()
     state = load_checkpoint(folder, {"vae": vae})
     if state is None:
@@ -128,7 +134,18 @@ def train_unet(args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"unet": EMA(unet, args.ema), "text_encoder": EMA(text_encoder, args.ema)}
     modules = {"unet": unet, "text_encoder": text_encoder}
-    state = load_checkpoint(args.out, modules, opt, emas) or {"step": 0, "seconds": 0.0, "log": [], "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    state = load_checkpoint(args.out, modules, opt, emas)
+    if state is None and args.init_from is not None:
+        # continue from an exported pipeline (EMA weights); the optimizer starts afresh
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init_from / "unet", dtype=torch.float32).state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(args.init_from / "text_encoder", dtype=torch.float32).state_dict())
+        emas = {"unet": EMA(unet, args.ema), "text_encoder": EMA(text_encoder, args.ema)}
+        done = json.loads((args.init_from / "attnscope_defaults.json").read_text()).get("trained_steps", 0)
+        state = {"step": done, "seconds": 0.0, "log": [], "init_from": str(args.init_from)}
+    state = state or {"step": 0, "seconds": 0.0, "log": [], "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     bank, bank_captions = latent_bank(vae, Path(args.out), args.seed, args.bank)
     start, step = time.time(), state["step"]
     empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
@@ -180,6 +197,7 @@ def main(argv=None) -> None:
     parser.add_argument("--snr-gamma", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--bank", type=int, default=24_000, help="pre-encoded training scenes (unet)")
+    parser.add_argument("--init-from", type=Path, help="exported pipeline folder to continue from (unet)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model == "vae":
