@@ -26,8 +26,6 @@ def test_loads_as_stable_diffusion_layout(pipe):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.unet, UNet2DConditionModel)
-    tc = attnscope.trace(pipe)
-    assert len({l.factor or l.name.split(".")[0] for l in tc.layers}) >= 2  # cross-attention at ≥ 2 resolutions
     size = sum(f.stat().st_size for f in MODEL.rglob("*.safetensors"))
     assert size <= 40 * 2**20
 
@@ -52,6 +50,7 @@ def test_traced_equals_untraced_and_maps(pipe):
     heat = tc.daam()
     assert heat.words() == prompt.split()
     assert heat.word("circle").shape == (64, 64)
+    assert len({layer.factor for layer in heat.layers}) >= 2  # cross-attention at two or more resolutions
 
 
 def test_cli_default_model(tmp_path):
