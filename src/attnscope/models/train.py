@@ -117,6 +117,23 @@ def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = 64):
     return latents.half().float(), captions
 
 
+def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, args) -> int:
+    """Backward, clip, step, update the EMAs, log and checkpoint; returns the new step count."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    step += 1
+    for name, module in modules.items():
+        emas[name].update(module, step)
+    if step % 25 == 0:
+        state["log"].append([step, round(loss.item(), 5)])
+        print(f"{tag} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
+    if step % args.every == 0:
+        _save(args.out, modules, opt, state, step, start, emas)
+    return step
+
+
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-γ loss weights for ε-prediction (Hang et al., 2023)."""
     alphas = scheduler.alphas_cumprod[timesteps]
@@ -164,18 +181,7 @@ def train_unet(args) -> None:
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(scheduler, t, args.snr_gamma)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        for name, module in modules.items():
-            emas[name].update(module, step)
-        if step % 25 == 0:
-            state["log"].append([step, round(loss.item(), 5)])
-            print(f"unet step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
-        if step % args.every == 0:
-            _save(args.out, modules, opt, state, step, start, emas)
+        step = optimizer_step("unet", loss, opt, params, modules, emas, state, step, start, args)
     _save(args.out, modules, opt, state, step, start, emas)
 
 

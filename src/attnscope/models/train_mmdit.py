@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from . import architectures as arch
 from ..core.tap import sdpa_arguments
 from .checkpoint import EMA, load_checkpoint
-from .train import _save, latent_bank, load_vae, lr_at
+from .train import _save, latent_bank, load_vae, lr_at, optimizer_step
 
 
 class ZeroTokenBias(TorchFunctionMode):
@@ -91,18 +91,7 @@ def train(args) -> None:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        for name, module in modules.items():
-            emas[name].update(module, step)
-        if step % 25 == 0:
-            state["log"].append([step, round(loss.item(), 5)])
-            print(f"mmdit step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
-        if step % args.every == 0:
-            _save(args.out, modules, opt, state, step, start, emas)
+        step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
     _save(args.out, modules, opt, state, step, start, emas)
 
 
