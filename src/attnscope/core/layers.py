@@ -48,8 +48,6 @@ class LayerInfo:
         compact = {"down_blocks": "down", "up_blocks": "up", "mid_block": "mid"}
         head = compact.get(parts[0], parts[0])
         numbers = [p for p in parts[1:] if p.isdigit()]
-        if parts[0] == "mid_block":
-            numbers = numbers[:]
         return f"{head}{'.'.join(numbers)}.{parts[-1]}"
 
     def to_dict(self) -> dict:
