@@ -39,15 +39,21 @@ def shapes_vae():
     )
 
 
-def shapes_text_encoder(vocab_size: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text_config(vocab_size: int, width: int):
+    """A small CLIP text-encoder config over the word-level vocabulary (specials are the last two ids)."""
+    from transformers import CLIPTextConfig
 
-    config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_WIDTH,
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=width,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     )
-    return CLIPTextModel(config)
+
+
+def shapes_text_encoder(vocab_size: int):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(clip_text_config(vocab_size, TEXT_WIDTH))
 
 
 def shapes_unet():
@@ -80,15 +86,10 @@ SD3_CLIP_WIDTH = 64
 
 def shapes_sd3_text_encoder(vocab_size: int, seed: int):
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=SD3_CLIP_WIDTH, intermediate_size=4 * SD3_CLIP_WIDTH, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=SD3_CLIP_WIDTH,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )
-    return CLIPTextModelWithProjection(config)
+    return CLIPTextModelWithProjection(clip_text_config(vocab_size, SD3_CLIP_WIDTH))
 
 
 def shapes_sd3_transformer():

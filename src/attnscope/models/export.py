@@ -19,7 +19,7 @@ import torch
 
 from . import architectures as arch
 from .checkpoint import load_checkpoint
-from .train import load_vae
+from .train import load_vae, run_tokenizer
 
 DEFAULTS_FILE = "attnscope_defaults.json"
 
@@ -28,7 +28,7 @@ def build_unet_pipeline(vae_run, unet_run):
     from diffusers import StableDiffusionPipeline
 
     vae = load_vae(vae_run)
-    tokenizer = arch.shapes_tokenizer()
+    tokenizer = run_tokenizer(unet_run)
     unet, text_encoder = arch.shapes_unet(), arch.shapes_text_encoder(len(tokenizer))
     state = load_checkpoint(unet_run, {"unet": unet, "text_encoder": text_encoder}, use_ema=True)
     if state is None:

@@ -134,6 +134,19 @@ def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, ar
     return step
 
 
+def run_tokenizer(folder) -> "CLIPTokenizer":
+    """The tokenizer a run trains with: saved in ``folder/tokenizer`` at its start, reloaded on resume
+    and at export, so a run stays consistent even if the tokenizer builder changes."""
+    from transformers import CLIPTokenizer
+
+    path = Path(folder) / "tokenizer"
+    if (path / "tokenizer_config.json").is_file():
+        return CLIPTokenizer.from_pretrained(path)
+    tokenizer = arch.shapes_tokenizer()
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-γ loss weights for ε-prediction (Hang et al., 2023)."""
     alphas = scheduler.alphas_cumprod[timesteps]
@@ -143,7 +156,7 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
 
 def train_unet(args) -> None:
     vae = load_vae(args.vae)
-    tokenizer = arch.shapes_tokenizer()
+    tokenizer = run_tokenizer(args.out)
     torch.manual_seed(args.seed)
     unet, text_encoder = arch.shapes_unet(), arch.shapes_text_encoder(len(tokenizer))
     scheduler = arch.shapes_scheduler()

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from . import architectures as arch
 from ..core.tap import sdpa_arguments
 from .checkpoint import EMA, load_checkpoint
-from .train import _save, latent_bank, load_vae, lr_at, optimizer_step
+from .train import _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer
 
 
 class ZeroTokenBias(TorchFunctionMode):
@@ -61,7 +61,7 @@ def encode(encoders, ids: torch.Tensor):
 
 def train(args) -> None:
     vae = load_vae(args.vae)
-    tokenizer = arch.shapes_tokenizer()
+    tokenizer = run_tokenizer(args.out)
     torch.manual_seed(args.seed)
     transformer = arch.shapes_sd3_transformer()
     encoders = [arch.shapes_sd3_text_encoder(len(tokenizer), args.seed + i) for i in range(2)]
@@ -101,7 +101,7 @@ def build_pipeline(vae_run, run):
 
     vae = load_vae(vae_run)
     vae.register_to_config(shift_factor=0.0)
-    tokenizer = arch.shapes_tokenizer()
+    tokenizer = run_tokenizer(run)
     transformer = arch.shapes_sd3_transformer()
     encoders = [arch.shapes_sd3_text_encoder(len(tokenizer), i) for i in range(2)]
     state = load_checkpoint(run, {"transformer": transformer, "text_encoder": encoders[0],
@@ -111,7 +111,7 @@ def build_pipeline(vae_run, run):
     pipe = StableDiffusion3Pipeline(
         transformer=transformer.eval(), scheduler=arch.shapes_flow_scheduler(), vae=vae,
         text_encoder=encoders[0].eval(), tokenizer=tokenizer, text_encoder_2=encoders[1].eval(),
-        tokenizer_2=arch.shapes_tokenizer(), text_encoder_3=None, tokenizer_3=None,
+        tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
     )
     return pipe, state
 
