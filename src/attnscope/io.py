@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import staged_folder
 
 META_FILE = "attnscope.json"
 TENSOR_FILE = "tensors.safetensors"
@@ -34,23 +34,10 @@ def save_result(path: str | os.PathLike, kind: str, meta: dict, tensors: dict[st
     target = Path(path)
     if target.exists() and not (target / META_FILE).exists():
         raise FileExistsError(f"{target} exists and is not an attnscope result; choose another path.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         record = {"kind": kind, "format": FORMAT_VERSION, **meta}
         (staging / META_FILE).write_text(json.dumps(record, indent=1))
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(staging / TENSOR_FILE))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..files import staged_folder
 from .shapes import COLORS, SHAPES, Scene, ShapeObject
 
 
@@ -141,9 +140,7 @@ def export_coco(scenes, out_dir: str | os.PathLike, overwrite: bool = False) -> 
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         (tmp / "images").mkdir()
         cat_ids = {s: i + 1 for i, s in enumerate(SHAPES)}
         images, annotations = [], []
@@ -175,16 +172,6 @@ def export_coco(scenes, out_dir: str | os.PathLike, overwrite: bool = False) -> 
                "images": images, "categories": categories, "annotations": annotations}
         with open(tmp / "annotations.json", "w") as f:
             json.dump(doc, f)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

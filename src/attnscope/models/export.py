@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
+from ..files import staged_folder
 from . import architectures as arch
 from .checkpoint import load_checkpoint
 from .train import load_vae, run_tokenizer
@@ -41,13 +41,10 @@ def build_unet_pipeline(vae_run, unet_run):
 
 
 def export(pipe, out: Path, defaults: dict) -> Path:
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
-    pipe.to(torch.float32)
-    (staging / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with staged_folder(out) as staging:
+        pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
+        pipe.to(torch.float32)
+        (staging / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1))
     return out
 
 
