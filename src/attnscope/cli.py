@@ -41,8 +41,24 @@ def model_defaults(model: str) -> dict:
         return {}
 
 
-def load_pipeline(model: str, device: str, dtype: str):
-    """``DiffusionPipeline.from_pretrained`` with one-line errors for missing or unsupported models."""
+def absent_components(folder: Path) -> dict:
+    """Components a local folder saved as absent (``[null, null]`` in ``model_index.json``).
+
+    diffusers refuses to load such a folder unless each absent component is passed as ``None``
+    (e.g. SD3 without its T5 encoder: ``text_encoder_3=None, tokenizer_3=None``).
+    """
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {name: None for name, spec in index.items() if not name.startswith("_") and spec == [None, None]}
+
+
+def load_pipeline(model: str, device: str, dtype: str, need_adapter: bool = True):
+    """``DiffusionPipeline.from_pretrained`` with one-line errors for missing or unsupported models.
+
+    ``need_adapter=False`` also accepts pipelines that attnscope cannot trace yet (for generation only).
+    """
     import torch
     from diffusers import DiffusionPipeline
 
@@ -56,15 +72,17 @@ def load_pipeline(model: str, device: str, dtype: str):
         raise CLIError(f"Model folder {local} does not exist.")
     _quiet_libraries()
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else model, dtype=getattr(torch, dtype))
+        extra = absent_components(local) if local.exists() else {}
+        pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else model, dtype=getattr(torch, dtype), **extra)
     except Exception as err:  # hub, network and format errors all end here
         where = "the folder is incomplete or corrupt" if local.exists() else "it is not cached and the hub could not provide it"
         raise CLIError(f"Could not load model {model!r} ({where}: {type(err).__name__}); "
                        "--model takes a hub id or a local diffusers folder.") from None
-    try:
-        adapter_for(pipe)
-    except UnsupportedPipelineError as err:
-        raise CLIError(str(err)) from None
+    if need_adapter:
+        try:
+            adapter_for(pipe)
+        except UnsupportedPipelineError as err:
+            raise CLIError(str(err)) from None
     return pipe.to(device)
 
 

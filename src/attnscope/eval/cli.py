@@ -16,7 +16,8 @@ def add_eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="score attribution maps as segmentations (ShapesWorld or COCO-style data)")
     ev.add_argument("--protocol", choices=["generated", "real"], default="generated")
     ev.add_argument("--model", help="hub id or local diffusers folder (default: the shipped tiny model)")
-    ev.add_argument("--methods", nargs="+", default=["daam"])
+    ev.add_argument("--methods", nargs="*", default=["daam"],
+                    help="attribution methods to score; none (`--methods` alone) measures only the quality gate")
     ev.add_argument("--n", type=int, default=200, help="number of held-out scenes")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--coco", type=Path, help="COCO-style folder to read instead of generating ShapesWorld scenes")
@@ -36,12 +37,14 @@ def cmd_eval(args) -> int:
     from ..datasets.coco import load_coco
     from ..datasets.shapes import make_scenes
     from .methods import available_methods
-    from .report import example_grid, write_report
+    from .report import example_grid, sample_grid, write_report
     from .runner import run_generated, run_real, summarize
 
     unknown = [m for m in args.methods if m not in available_methods()]
     if unknown:
         raise CLIError(f"Unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}")
+    if not args.methods and args.protocol == "real":
+        raise CLIError("The real-image protocol scores attribution maps; name at least one method (e.g. --methods daam).")
     if not 0.0 < args.noise < 1.0:
         raise CLIError(f"--noise must lie strictly between 0 and 1 (got {args.noise}).")
     if args.n < 1:
@@ -50,7 +53,7 @@ def cmd_eval(args) -> int:
     if model is None:
         raise CLIError("No default model ships with this build; pass --model.")
     device = _resolve_device(args.device)
-    pipe = load_pipeline(model, device, args.dtype or "float32")
+    pipe = load_pipeline(model, device, args.dtype or "float32", need_adapter=bool(args.methods))
     pipe.set_progress_bar_config(disable=True)
     defaults = model_defaults(model)
     size = defaults.get("height", 64)
@@ -82,12 +85,13 @@ def cmd_eval(args) -> int:
                       truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
         extra = ("Quality gate: share of generated images in which the detector finds every captioned object "
                  f"with the right colour and shape: **{gate:.1%}** of {len(records)}.")
+        sample_grid(images, records, args.out / "samples.png")
     else:
         pairs, images = run_real(pipe, scenes, args.methods, noise=args.noise, draws=args.draws,
                                  batch=args.batch, seed=args.seed, progress=progress)
         header.update(noise=args.noise, draws=args.draws, scored_pairs=len(pairs))
     print(file=sys.stderr)
-    table = summarize(pairs, args.methods, seed=args.seed)
+    table = summarize(pairs, args.methods, seed=args.seed) if args.methods else {}
     header["seconds"] = round(time.time() - start, 1)
     write_report(args.out, header, table, extra)
     for method in args.methods:

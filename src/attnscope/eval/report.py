@@ -65,3 +65,22 @@ def example_grid(pairs, images, method: str, path: Path, n: int = 8, cell: int =
     if rows:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate(rows, 0)).save(path)
+
+
+def sample_grid(images, records, path: Path, n: int = 24, columns: int = 8, cell: int = 96) -> None:
+    """The first ``n`` generated images, framed green where the detector passed them, red where not."""
+    from PIL import Image
+
+    tiles = []
+    for image, record in list(zip(images, records))[:n]:
+        tile = np.asarray(Image.fromarray(image).resize((cell, cell), Image.NEAREST)).copy()
+        frame = (40, 200, 40) if record["match"] else (220, 40, 40)
+        tile[:3], tile[-3:], tile[:, :3], tile[:, -3:] = frame, frame, frame, frame
+        tiles.append(tile)
+    if not tiles:
+        return
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    rows = [np.concatenate(tiles[i : i + columns], 1) for i in range(0, len(tiles), columns)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, 0)).save(path)
+    path.with_suffix(".txt").write_text("\n".join(r["caption"] for r in records[:n]) + "\n")

@@ -1,7 +1,7 @@
 """Assemble trained checkpoints into a standard diffusers pipeline folder.
 
-    python -m attnscope.models.export unet --vae runs/vae --unet runs/unet \
-        --out src/attnscope/models/weights/shapes-unet
+    python -m attnscope.models.export unet  --vae runs/vae --run runs/unet  --out src/attnscope/models/weights/shapes-unet
+    python -m attnscope.models.export mmdit --vae runs/vae --run runs/mmdit --out src/attnscope/models/weights/shapes-mmdit
 
 The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are the EMA copies,
 stored in float16 to keep the package small (they load as float32 unless asked otherwise).
@@ -50,14 +50,19 @@ def export(pipe, out: Path, defaults: dict) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["unet"])
+    parser.add_argument("kind", choices=["unet", "mmdit"])
     parser.add_argument("--vae", type=Path, required=True)
-    parser.add_argument("--unet", type=Path, required=True)
+    parser.add_argument("--run", "--unet", dest="run", type=Path, required=True, help="the denoiser's training run folder")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=20, help="recommended sampling steps")
     parser.add_argument("--guidance", type=float, default=4.0, help="recommended guidance scale")
     args = parser.parse_args(argv)
-    pipe, state = build_unet_pipeline(args.vae, args.unet)
+    if args.kind == "unet":
+        pipe, state = build_unet_pipeline(args.vae, args.run)
+    else:
+        from .train_mmdit import build_pipeline
+
+        pipe, state = build_pipeline(args.vae, args.run)
     defaults = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": arch.IMAGE_SIZE,
                 "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"])}
     print(export(pipe, args.out, defaults))

@@ -1,0 +1,72 @@
+"""The shipped MM-DiT (SD3 layout, no T5): a stock StableDiffusion3Pipeline folder."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attnscope.models import WEIGHTS
+
+MODEL = WEIGHTS / "shapes-mmdit"
+pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reason="this build ships no MM-DiT")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from attnscope.cli import load_pipeline
+
+    p = load_pipeline(str(MODEL), "cpu", "float32", need_adapter=False)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_stock_sd3_layout_without_t5(pipe):
+    from diffusers import DiffusionPipeline, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    assert isinstance(pipe, StableDiffusion3Pipeline) and isinstance(pipe.transformer, SD3Transformer2DModel)
+    assert pipe.text_encoder_3 is None and len(pipe.transformer.transformer_blocks) >= 2
+    plain = DiffusionPipeline.from_pretrained(MODEL, text_encoder_3=None, tokenizer_3=None)  # diffusers' own way
+    assert isinstance(plain, StableDiffusion3Pipeline)
+
+
+def test_generates_and_is_seeded(pipe):
+    kwargs = dict(num_inference_steps=3, guidance_scale=4.0, output_type="np")
+    first = pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs).images
+    again = pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert first.shape == (1, 64, 64, 3) and np.array_equal(first, again)
+
+
+def test_inference_matches_the_training_shortcut(pipe):
+    """The pipeline's 256 appended zero tokens act like training's single biased zero token."""
+    from attnscope.models import architectures as arch
+    from attnscope.models.train_mmdit import ZeroTokenBias, encode
+
+    ids = pipe.tokenizer(["a blue star"], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    latents = torch.randn(1, arch.LATENT_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt("a blue star", "a blue star", None, do_classifier_free_guidance=False)
+        stock = pipe.transformer(latents, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t).sample
+        context, pooled_train = encode([pipe.text_encoder, pipe.text_encoder_2], ids)
+        with ZeroTokenBias(arch.SD3_ZERO_TOKENS):
+            short = pipe.transformer(latents, encoder_hidden_states=context, pooled_projections=pooled_train, timestep=t).sample
+    assert embeds.shape[1] == arch.MAX_TOKENS + arch.SD3_ZERO_TOKENS
+    torch.testing.assert_close(short, stock, atol=1e-4, rtol=1e-4)
+
+
+def test_tracing_it_is_refused_in_one_line(tmp_path, capsys):
+    from attnscope.cli import main
+
+    assert main(["generate", "a red circle", "--model", str(MODEL), "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("attnscope: error:")
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_gate_only(tmp_path):
+    from attnscope.cli import main
+
+    out = tmp_path / "gate"
+    assert main(["eval", "--model", str(MODEL), "--methods", "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert 0.0 <= json.loads((out / "results.json").read_text())["quality_gate"] <= 1.0
