@@ -4,7 +4,8 @@
     python -m attnscope.models.export mmdit --vae runs/vae --run runs/mmdit --out src/attnscope/models/weights/shapes-mmdit
 
 The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are the EMA copies,
-stored in float16 to keep the package small (they load as float32 unless asked otherwise).
+the denoiser and VAE stored in float16 to keep the package small (they load as float32 unless
+asked otherwise), the text encoders in float32.
 ``attnscope_defaults.json`` records the sampling settings the model was measured with.
 """
 
@@ -41,9 +42,22 @@ def build_unet_pipeline(vae_run, unet_run):
 
 
 def export(pipe, out: Path, defaults: dict) -> Path:
+    """Save ``pipe`` to ``out`` atomically: diffusers models in float16, text encoders in float32.
+
+    diffusers loads float16 files as float32 unless asked otherwise; transformers keeps the stored
+    dtype, so a float16 text encoder would break a plain ``from_pretrained(folder)`` on a CPU.
+    """
+    from diffusers import ModelMixin
+
+    halved = [m for m in pipe.components.values() if isinstance(m, ModelMixin)]
     with staged_folder(out) as staging:
-        pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
-        pipe.to(torch.float32)
+        for module in halved:
+            module.to(torch.float16)
+        try:
+            pipe.save_pretrained(staging, safe_serialization=True)
+        finally:
+            for module in halved:
+                module.to(torch.float32)
         (staging / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1))
     return out
 
