@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,8 +71,6 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
 
     With no ``methods`` nothing is traced: only the quality gate is measured (any pipeline works).
     """
-    import contextlib
-
     import attnscope
 
     pairs, records, images = [], [], []
@@ -82,11 +81,12 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
             out = pipe([s.caption for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
                        generator=generators, output_type="np")
         arrays = [(img * 255).round().astype(np.uint8) for img in out.images]
+        token_ids = pipe.tokenizer([s.caption for s in chunk]).input_ids
         gts = []
-        for scene, image in zip(chunk, arrays):
+        for scene, image, ids in zip(chunk, arrays, token_ids):
             found = detect(image)
             records.append({"caption": scene.caption, "n_objects": len(scene.objects),
-                            "truncated": len(pipe.tokenizer(scene.caption).input_ids) > pipe.tokenizer.model_max_length,
+                            "truncated": len(ids) > pipe.tokenizer.model_max_length,
                             "match": bool(matches_caption(found, scene.objects)),
                             "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects)})
             gts.append(masks_for_words(found, scene))
