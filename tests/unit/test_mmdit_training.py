@@ -23,8 +23,43 @@ def test_one_biased_zero_token_equals_many():
     torch.testing.assert_close(short, stock, atol=1e-4, rtol=1e-4)
 
 
+def _ids(folder, caption):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    return tokenizer([caption], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+
+
+def test_clip_encoders_reuse_the_unet_text_encoder():
+    """SD3 reads the penultimate CLIP layer; here it is exactly the UNet encoder's last layer, frozen."""
+    from transformers import CLIPTextModel
+
+    from attnscope.models import WEIGHTS
+    from attnscope.models.train_mmdit import clip_encoders_from
+
+    folder = WEIGHTS / "shapes-unet"
+    ids = _ids(folder, "a small green triangle above a red star")
+    with torch.no_grad():
+        expected = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)(
+            ids, output_hidden_states=True).hidden_states[-1]
+        for encoder in clip_encoders_from(folder):
+            out = encoder(ids, output_hidden_states=True)
+            torch.testing.assert_close(out.hidden_states[-2], expected)
+            assert out[0].shape == (1, arch.SD3_CLIP_WIDTH)
+            assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_clip_encoders_refuse_a_foreign_text_encoder(tmp_path):
+    from attnscope.models.train_mmdit import clip_encoders_from
+
+    arch.shapes_sd3_text_encoder(10).save_pretrained(tmp_path / "text_encoder")  # 4 layers, not a UNet's 3
+    with pytest.raises(ValueError, match="--text-from"):
+        clip_encoders_from(tmp_path)
+
+
 def test_training_smoke_and_stock_pipeline(tmp_path):
-    """Two steps train, resume-free, and the result loads as a stock StableDiffusion3Pipeline folder."""
+    """Two steps train only the transformer, the result loads as a stock StableDiffusion3Pipeline
+    folder, and training continues from that exported folder."""
     from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
 
     from attnscope.models.train import main as train_main
@@ -35,6 +70,18 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "mmdit"), "--steps", "2", "--bank", "8"] + common)
     pipe, state = build_pipeline(tmp_path / "vae", tmp_path / "mmdit")
     assert state["step"] == 2
+    from attnscope.models import WEIGHTS
+    from attnscope.models.export import export
+    from attnscope.models.train_mmdit import clip_encoders_from
+
+    for trained, original in zip([pipe.text_encoder, pipe.text_encoder_2], clip_encoders_from(WEIGHTS / "shapes-unet")):
+        for (name, value), expected in zip(trained.state_dict().items(), original.state_dict().values()):
+            assert torch.equal(value, expected), name  # the text side is frozen
+    export(pipe, tmp_path / "exported", {"trained_steps": 2})
+    mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "more"), "--steps", "3", "--bank-from",
+                str(tmp_path / "mmdit"), "--bank", "8", "--init-from", str(tmp_path / "exported")] + common)
+    _, more = build_pipeline(tmp_path / "vae", tmp_path / "more")
+    assert more["step"] == 3 and more["init_from"] == str(tmp_path / "exported")
     pipe.save_pretrained(tmp_path / "folder")
     again = DiffusionPipeline.from_pretrained(tmp_path / "folder", text_encoder_3=None, tokenizer_3=None)  # no T5, as for SD3 without T5
     assert isinstance(again, StableDiffusion3Pipeline)

@@ -81,15 +81,19 @@ def shapes_scheduler():
 # -- MM-DiT (Stable Diffusion 3 layout) ------------------------------------------------------------
 #: SD3 pipelines append this many all-zero "T5" tokens when no T5 encoder is present (diffusers' default).
 SD3_ZERO_TOKENS = 256
-SD3_CLIP_WIDTH = 64
+SD3_CLIP_WIDTH = TEXT_WIDTH  # both CLIP encoders are made from the UNet's text encoder
+#: SD3 reads the penultimate CLIP layer; one extra layer makes that the UNet encoder's last one.
+SD3_CLIP_LAYERS = 4
+SD3_PATCH = 1  # 16×16 latent → 16×16 image tokens; patch 2 (8×8 tokens) drew blobs (docs/models.md)
+SD3_HEADS, SD3_HEAD_DIM, SD3_BLOCKS = 3, 32, 4
 
 
-def shapes_sd3_text_encoder(vocab_size: int, seed: int):
-    import torch
+def shapes_sd3_text_encoder(vocab_size: int):
     from transformers import CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(clip_text_config(vocab_size, SD3_CLIP_WIDTH))
+    config = clip_text_config(vocab_size, SD3_CLIP_WIDTH)
+    config.num_hidden_layers = SD3_CLIP_LAYERS
+    return CLIPTextModelWithProjection(config)
 
 
 def shapes_sd3_transformer():
@@ -97,9 +101,10 @@ def shapes_sd3_transformer():
 
     latent = IMAGE_SIZE // 2 ** (VAE_LEVELS - 1)
     return SD3Transformer2DModel(
-        sample_size=latent, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=4,
-        attention_head_dim=32, num_attention_heads=4, joint_attention_dim=2 * SD3_CLIP_WIDTH,
-        caption_projection_dim=128, pooled_projection_dim=2 * SD3_CLIP_WIDTH, pos_embed_max_size=latent,
+        sample_size=latent, patch_size=SD3_PATCH, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        num_layers=SD3_BLOCKS, attention_head_dim=SD3_HEAD_DIM, num_attention_heads=SD3_HEADS,
+        joint_attention_dim=2 * SD3_CLIP_WIDTH, caption_projection_dim=SD3_HEADS * SD3_HEAD_DIM,
+        pooled_projection_dim=2 * SD3_CLIP_WIDTH, pos_embed_max_size=latent,
     )
 
 

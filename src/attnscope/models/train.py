@@ -124,8 +124,8 @@ def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, ar
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     step += 1
-    for name, module in modules.items():
-        emas[name].update(module, step)
+    for name, ema in emas.items():
+        ema.update(modules[name], step)
     if step % 25 == 0:
         state["log"].append([step, round(loss.item(), 5)])
         print(f"{tag} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)

@@ -3,7 +3,9 @@
     python -m attnscope.models.train_mmdit --vae runs/vae --bank-from runs/unet --out runs/mmdit --minutes 60
 
 Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer predicts ``ε - x_0``,
-σ drawn logit-normal. Two small CLIP encoders with projection are trained jointly; there is no T5.
+σ drawn logit-normal. Like SD3, which starts from pretrained CLIP encoders, the text side is
+pretrained and frozen: both CLIP encoders are made from the shipped UNet's text encoder
+(``--text-from``); only the transformer trains. There is no T5.
 
 Without T5, diffusers' SD3 pipeline appends 256 all-zero tokens to the prompt. SD3 text tokens
 carry no position embedding, so those 256 tokens stay identical in every block, and softmax over
@@ -16,6 +18,7 @@ computation at inference.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from . import WEIGHTS
 from . import architectures as arch
 from ..core.tap import sdpa_arguments
 from .checkpoint import EMA, load_checkpoint
@@ -59,17 +63,68 @@ def encode(encoders, ids: torch.Tensor):
     return torch.cat([context, zero], dim=1), torch.cat(pooled, dim=-1)
 
 
+def clip_encoders_from(folder: Path) -> list:
+    """SD3's two CLIP encoders, both made from the text encoder of a Stable Diffusion folder, frozen.
+
+    SD3 conditions on the penultimate hidden state, so each copy gets one extra layer (a copy of
+    the last): the penultimate state is then exactly the source encoder's last layer, and the extra
+    layer only feeds the pooled embedding, whose projection starts as the identity.
+    """
+    from transformers import CLIPTextModel
+
+    source = CLIPTextModel.from_pretrained(Path(folder) / "text_encoder", dtype=torch.float32)
+    source = getattr(source, "text_model", source)  # transformers < 5 nests the stack one level deeper
+    if len(source.encoder.layers) != arch.SD3_CLIP_LAYERS - 1 or source.config.hidden_size != arch.SD3_CLIP_WIDTH:
+        raise ValueError(f"{folder}/text_encoder is not a ShapesWorld UNet text encoder "
+                         f"({arch.SD3_CLIP_LAYERS - 1} layers of width {arch.SD3_CLIP_WIDTH}); pass --text-from the shipped UNet folder.")
+    encoders = []
+    for _ in range(2):
+        encoder = arch.shapes_sd3_text_encoder(source.config.vocab_size)
+        target = encoder.text_model
+        target.embeddings.load_state_dict(source.embeddings.state_dict())
+        for index, layer in enumerate(list(source.encoder.layers) + [source.encoder.layers[-1]]):
+            target.encoder.layers[index].load_state_dict(layer.state_dict())
+        target.final_layer_norm.load_state_dict(source.final_layer_norm.state_dict())
+        torch.nn.init.eye_(encoder.text_projection.weight)
+        encoders.append(encoder.eval().requires_grad_(False))
+    return encoders
+
+
+def exported_encoders(folder: Path) -> list:
+    """The two (frozen) CLIP encoders of an exported ShapesWorld MM-DiT folder."""
+    from transformers import CLIPTextModelWithProjection
+
+    return [CLIPTextModelWithProjection.from_pretrained(Path(folder) / name, dtype=torch.float32).eval().requires_grad_(False)
+            for name in ("text_encoder", "text_encoder_2")]
+
+
 def train(args) -> None:
+    from transformers import CLIPTokenizer
+
     vae = load_vae(args.vae)
+    source = args.init_from or args.text_from
+    if not (args.out / "tokenizer").is_dir():
+        CLIPTokenizer.from_pretrained(source / "tokenizer").save_pretrained(args.out / "tokenizer")
     tokenizer = run_tokenizer(args.out)
     torch.manual_seed(args.seed)
     transformer = arch.shapes_sd3_transformer()
-    encoders = [arch.shapes_sd3_text_encoder(len(tokenizer), args.seed + i) for i in range(2)]
+    encoders = clip_encoders_from(args.text_from) if args.init_from is None else exported_encoders(args.init_from)
     modules = {"transformer": transformer, "text_encoder": encoders[0], "text_encoder_2": encoders[1]}
-    params = [p for m in modules.values() for p in m.parameters()]
+    params = list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    emas = {name: EMA(m, args.ema) for name, m in modules.items()}
-    state = load_checkpoint(args.out, modules, opt, emas) or {"step": 0, "seconds": 0.0, "log": []}
+    emas = {"transformer": EMA(transformer, args.ema)}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    state = load_checkpoint(args.out, modules, opt, emas)
+    if state is None and args.init_from is not None:
+        # continue from an exported pipeline (EMA weights); the optimizer starts afresh
+        from diffusers import SD3Transformer2DModel
+
+        exported = SD3Transformer2DModel.from_pretrained(args.init_from / "transformer", dtype=torch.float32)
+        transformer.load_state_dict(exported.state_dict())
+        emas = {"transformer": EMA(transformer, args.ema)}
+        done = json.loads((args.init_from / "attnscope_defaults.json").read_text()).get("trained_steps", 0)
+        state = {"step": done, "seconds": 0.0, "log": [], "config": config, "init_from": str(args.init_from)}
+    state = state or {"step": 0, "seconds": 0.0, "log": [], "config": config}
     bank, captions_bank = latent_bank(vae, Path(args.bank_from or args.out), args.seed, args.bank)
     empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
     start, step = time.time(), state["step"]
@@ -86,7 +141,8 @@ def train(args) -> None:
         noisy = (1 - sigma) * x0 + sigma * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup)
-        context, pooled = encode(encoders, ids)
+        with torch.no_grad():
+            context, pooled = encode(encoders, ids)
         with bias:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
@@ -103,7 +159,7 @@ def build_pipeline(vae_run, run):
     vae.register_to_config(shift_factor=0.0)
     tokenizer = run_tokenizer(run)
     transformer = arch.shapes_sd3_transformer()
-    encoders = [arch.shapes_sd3_text_encoder(len(tokenizer), i) for i in range(2)]
+    encoders = [arch.shapes_sd3_text_encoder(len(tokenizer)) for _ in range(2)]
     state = load_checkpoint(run, {"transformer": transformer, "text_encoder": encoders[0],
                                   "text_encoder_2": encoders[1]}, use_ema=True)
     if state is None:
@@ -120,12 +176,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--text-from", type=Path, default=WEIGHTS / "shapes-unet",
+                        help="Stable Diffusion folder whose text encoder (and tokenizer) the MM-DiT conditions on")
+    parser.add_argument("--init-from", type=Path, help="exported MM-DiT folder to continue from (fresh optimizer)")
     parser.add_argument("--bank-from", type=Path, help="reuse the latent bank cached in this run folder")
     parser.add_argument("--bank", type=int, default=24_000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
