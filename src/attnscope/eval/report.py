@@ -39,7 +39,9 @@ def write_report(out: Path, header: dict, table: dict, extra_markdown: str = "")
     (out / "results.json").write_text(json.dumps({**header, "table": table}, indent=1, default=float))
     lines = [f"# {header.get('title', 'Segmentation benchmark')}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items() if k != "title"]
-    lines += ["", markdown_table(table), "", extra_markdown]
+    if table:  # a quality-gate-only run scores no maps, so it has no table
+        lines += ["", markdown_table(table)]
+    lines += ["", extra_markdown]
     (out / "results.md").write_text("\n".join(lines).rstrip() + "\n")
 
 
