@@ -84,7 +84,7 @@ SD3_ZERO_TOKENS = 256
 SD3_CLIP_WIDTH = TEXT_WIDTH  # both CLIP encoders are made from the UNet's text encoder
 #: SD3 reads the penultimate CLIP layer; one extra layer makes that the UNet encoder's last one.
 SD3_CLIP_LAYERS = 4
-SD3_PATCH = 1  # 16×16 latent → 16×16 image tokens; patch 2 (8×8 tokens) drew blobs (docs/models.md)
+SD3_PATCH = 1  # 16×16 latent → 16×16 image tokens (the shipped model uses patch 2; both draw blobs: docs/models.md)
 SD3_HEADS, SD3_HEAD_DIM, SD3_BLOCKS = 3, 32, 4
 
 
