@@ -94,3 +94,19 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     again.set_progress_bar_config(disable=True)
     image = again("a red circle", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3)
+
+
+def test_adaln_zero_starts_at_zero_and_still_learns():
+    """adaLN-Zero: the prediction starts at exactly 0, yet the output projection gets a gradient."""
+    from attnscope.models.train_mmdit import adaln_zero
+
+    torch.manual_seed(0)
+    transformer = arch.shapes_sd3_transformer()
+    adaln_zero(transformer)
+    latent = torch.randn(2, arch.LATENT_CHANNELS, 16, 16)
+    context = torch.randn(2, 5, 2 * arch.SD3_CLIP_WIDTH)
+    pred = transformer(latent, encoder_hidden_states=context, pooled_projections=torch.randn(2, 2 * arch.SD3_CLIP_WIDTH),
+                       timestep=torch.tensor([100.0, 900.0])).sample
+    assert torch.equal(pred, torch.zeros_like(pred))
+    torch.nn.functional.mse_loss(pred, latent).backward()
+    assert transformer.proj_out.weight.grad.abs().sum() > 0

@@ -90,6 +90,21 @@ def clip_encoders_from(folder: Path) -> list:
     return encoders
 
 
+def adaln_zero(transformer) -> None:
+    """DiT's adaLN-Zero initialisation: every adaptive-norm modulation and the output projection start at zero.
+
+    diffusers leaves them at PyTorch's default init; with zeros each block starts as the identity
+    (its gates are 0) and the prediction starts at 0.
+    """
+    with torch.no_grad():
+        for module in transformer.modules():
+            if type(module).__name__.startswith("AdaLayerNorm"):
+                module.linear.weight.zero_()
+                module.linear.bias.zero_()
+        transformer.proj_out.weight.zero_()
+        transformer.proj_out.bias.zero_()
+
+
 def exported_encoders(folder: Path) -> list:
     """The two (frozen) CLIP encoders of an exported ShapesWorld MM-DiT folder."""
     from transformers import CLIPTextModelWithProjection
@@ -108,6 +123,8 @@ def train(args) -> None:
     tokenizer = run_tokenizer(args.out)
     torch.manual_seed(args.seed)
     transformer = arch.shapes_sd3_transformer()
+    if args.zero_init:
+        adaln_zero(transformer)  # a resumed or --init-from run overwrites these weights below
     encoders = clip_encoders_from(args.text_from) if args.init_from is None else exported_encoders(args.init_from)
     modules = {"transformer": transformer, "text_encoder": encoders[0], "text_encoder_2": encoders[1]}
     params = list(transformer.parameters())
@@ -191,6 +208,7 @@ def main(argv=None) -> None:
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--uncond", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--zero-init", action="store_true", help="DiT's adaLN-Zero initialisation (see adaln_zero)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     train(args)
