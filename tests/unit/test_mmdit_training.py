@@ -110,3 +110,56 @@ def test_adaln_zero_starts_at_zero_and_still_learns():
     assert torch.equal(pred, torch.zeros_like(pred))
     torch.nn.functional.mse_loss(pred, latent).backward()
     assert transformer.proj_out.weight.grad.abs().sum() > 0
+
+
+def test_repa_training_resumes_exports_stock_and_leaves_no_hooks(tmp_path):
+    """REPA trains a projector next to the transformer; the export is still a stock SD3 transformer of
+    the run's own size, the UNet features are cached once, and a resume with another size is refused."""
+    from safetensors.torch import load_file
+
+    from attnscope.models import WEIGHTS
+    from attnscope.models.train_mmdit import build_pipeline, main as mmdit_main
+
+    vae, out = WEIGHTS / "shapes-unet", tmp_path / "repa"
+    def flags(patch=2):
+        return ["--vae", str(vae), "--out", str(out), "--bank", "8", "--batch", "2", "--threads", "1", "--every", "1000",
+                "--patch", str(patch), "--heads", "2", "--blocks", "3", "--repa", "0.5", "--repa-block", "1"]
+
+    mmdit_main(flags() + ["--steps", "2"])
+    features = load_file(str(out / "repa.safetensors"))["features"]
+    assert features.shape == (8, 8 * 8, 96)  # the UNet's 8×8 up-path block (96 channels), one row per token
+    tensors = load_file(str(out / "checkpoint.safetensors"))
+    assert any(k.startswith("repa_projector/") for k in tensors)
+    mmdit_main(flags() + ["--steps", "3"])  # resumes; the cached features are reused, not recomputed
+    assert torch.equal(load_file(str(out / "repa.safetensors"))["features"], features)
+    pipe, state = build_pipeline(vae, out)
+    assert state["step"] == 3
+    transformer = pipe.transformer
+    assert (transformer.config.patch_size, transformer.config.num_layers, transformer.config.num_attention_heads) == (2, 3, 2)
+    assert not any(block._forward_hooks for block in transformer.transformer_blocks)
+    with pytest.raises(SystemExit, match="--patch 2"):
+        mmdit_main(flags(patch=1) + ["--steps", "4"])
+
+
+def test_block_tap_removes_its_hook_after_an_exception():
+    from attnscope.models.repa import BlockTap
+
+    transformer = arch.shapes_sd3_transformer(patch=2, heads=2, blocks=2)
+    with pytest.raises(RuntimeError):
+        with BlockTap(transformer, 0):
+            raise RuntimeError("boom")
+    assert not transformer.transformer_blocks[0]._forward_hooks
+    with pytest.raises(ValueError, match="--repa-block"):
+        BlockTap(transformer, 2)
+
+
+def test_repa_needs_a_unet_block_at_the_token_grid():
+    from diffusers import UNet2DConditionModel
+
+    from attnscope.models import WEIGHTS
+    from attnscope.models.repa import _feature_module
+
+    unet = UNet2DConditionModel.from_pretrained(WEIGHTS / "shapes-unet" / "unet", torch_dtype=torch.float32)
+    assert _feature_module(unet, 8) is unet.up_blocks[1].attentions[-1]
+    with pytest.raises(ValueError, match="--patch"):
+        _feature_module(unet, 4)  # patch 4: a 4×4 grid, where the UNet's up path has no attention

@@ -84,8 +84,9 @@ SD3_ZERO_TOKENS = 256
 SD3_CLIP_WIDTH = TEXT_WIDTH  # both CLIP encoders are made from the UNet's text encoder
 #: SD3 reads the penultimate CLIP layer; one extra layer makes that the UNet encoder's last one.
 SD3_CLIP_LAYERS = 4
-SD3_PATCH = 1  # 16×16 latent → 16×16 image tokens (the shipped model uses patch 2; both draw blobs: docs/models.md)
-SD3_HEADS, SD3_HEAD_DIM, SD3_BLOCKS = 3, 32, 4
+# Design 3 (shipped; docs/models.md): 8×8 image tokens, 8 blocks of width 128. Design 2 was patch 1, 3 heads, 4 blocks.
+SD3_PATCH = 2  # 16×16 latent → 8×8 image tokens
+SD3_HEADS, SD3_HEAD_DIM, SD3_BLOCKS = 4, 32, 8
 
 
 def shapes_sd3_text_encoder(vocab_size: int):
@@ -96,14 +97,17 @@ def shapes_sd3_text_encoder(vocab_size: int):
     return CLIPTextModelWithProjection(config)
 
 
-def shapes_sd3_transformer():
+def shapes_sd3_transformer(patch: int = SD3_PATCH, heads: int = SD3_HEADS, blocks: int = SD3_BLOCKS):
+    """The SD3 transformer over the 16×16 latent; ``patch``, ``heads`` (of width 32) and ``blocks`` set its size."""
     from diffusers import SD3Transformer2DModel
 
     latent = IMAGE_SIZE // 2 ** (VAE_LEVELS - 1)
+    if latent % patch:
+        raise ValueError(f"patch {patch} does not divide the {latent}×{latent} latent; use 1, 2 or 4.")
     return SD3Transformer2DModel(
-        sample_size=latent, patch_size=SD3_PATCH, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-        num_layers=SD3_BLOCKS, attention_head_dim=SD3_HEAD_DIM, num_attention_heads=SD3_HEADS,
-        joint_attention_dim=2 * SD3_CLIP_WIDTH, caption_projection_dim=SD3_HEADS * SD3_HEAD_DIM,
+        sample_size=latent, patch_size=patch, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        num_layers=blocks, attention_head_dim=SD3_HEAD_DIM, num_attention_heads=heads,
+        joint_attention_dim=2 * SD3_CLIP_WIDTH, caption_projection_dim=heads * SD3_HEAD_DIM,
         pooled_projection_dim=2 * SD3_CLIP_WIDTH, pos_embed_max_size=latent,
     )
 

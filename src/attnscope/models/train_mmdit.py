@@ -1,11 +1,13 @@
 """Train the tiny MM-DiT (Stable Diffusion 3 layout) on the same latent bank as the UNet.
 
-    python -m attnscope.models.train_mmdit --vae runs/vae --bank-from runs/unet --out runs/mmdit --minutes 60
+    python -m attnscope.models.train_mmdit --vae src/attnscope/models/weights/shapes-unet --out runs/mmdit --minutes 80
 
 Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer predicts ``ε - x_0``,
-σ drawn logit-normal. Like SD3, which starts from pretrained CLIP encoders, the text side is
-pretrained and frozen: both CLIP encoders are made from the shipped UNet's text encoder
-(``--text-from``); only the transformer trains. There is no T5.
+σ drawn logit-normal; DiT's adaLN-Zero initialisation; a REPA alignment loss towards the shipped
+UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md). Like SD3, which
+starts from pretrained CLIP encoders, the text side is pretrained and frozen: both CLIP encoders
+are made from the shipped UNet's text encoder (``--text-from``); only the transformer trains.
+There is no T5.
 
 Without T5, diffusers' SD3 pipeline appends 256 all-zero tokens to the prompt. SD3 text tokens
 carry no position embedding, so those 256 tokens stay identical in every block, and softmax over
@@ -21,6 +23,7 @@ import argparse
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 from . import WEIGHTS
 from . import architectures as arch
 from ..core.tap import sdpa_arguments
+from . import repa
 from .checkpoint import EMA, load_checkpoint
 from .train import _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer
 
@@ -113,6 +117,29 @@ def exported_encoders(folder: Path) -> list:
             for name in ("text_encoder", "text_encoder_2")]
 
 
+DESIGN_FLAGS = ("patch", "heads", "blocks", "repa")
+#: runs started before these flags existed (design 2, docs/models.md) were built this way
+LEGACY_DESIGN = {"patch": 1, "heads": 3, "blocks": 4, "repa": 0.0}
+
+
+def run_design(run: Path) -> dict:
+    """The size flags a run folder was started with (its ``checkpoint.json``), or {} for a new run."""
+    path = Path(run) / "checkpoint.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text()).get("config", {})
+    return {flag: saved.get(flag, LEGACY_DESIGN[flag]) for flag in DESIGN_FLAGS}
+
+
+def _check_same_design(run: Path, config: dict) -> None:
+    """A resumed run must be built as it was started; say which flag differs instead of a tensor-size error."""
+    saved = run_design(run)
+    for flag in saved:
+        if saved[flag] != config[flag] and (flag != "repa" or not saved[flag] or not config[flag]):
+            raise SystemExit(f"{run} was started with --{flag} {saved[flag]}, not {config[flag]}; "
+                             f"pass --{flag} {saved[flag]} to resume it, or choose another --out.")
+
+
 def train(args) -> None:
     from transformers import CLIPTokenizer
 
@@ -122,15 +149,24 @@ def train(args) -> None:
         CLIPTokenizer.from_pretrained(source / "tokenizer").save_pretrained(args.out / "tokenizer")
     tokenizer = run_tokenizer(args.out)
     torch.manual_seed(args.seed)
-    transformer = arch.shapes_sd3_transformer()
+    transformer = arch.shapes_sd3_transformer(args.patch, args.heads, args.blocks)
     if args.zero_init:
         adaln_zero(transformer)  # a resumed or --init-from run overwrites these weights below
     encoders = clip_encoders_from(args.text_from) if args.init_from is None else exported_encoders(args.init_from)
     modules = {"transformer": transformer, "text_encoder": encoders[0], "text_encoder_2": encoders[1]}
-    params = list(transformer.parameters())
+    if args.repa:
+        grid = arch.IMAGE_SIZE // 2 ** (arch.VAE_LEVELS - 1) // args.patch
+        tap = repa.BlockTap(transformer, args.repa_block)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    bank, captions_bank = latent_bank(vae, Path(args.bank_from or args.out), args.seed, args.bank)
+    if args.repa:
+        targets = repa.cached_teacher_features(Path(args.bank_from or args.out), args.repa_from, bank, captions_bank,
+                                               tokenizer, grid, args.seed)
+        modules["repa_projector"] = repa.projector(transformer.inner_dim, targets.shape[-1])
+    params = [p for name, module in modules.items() if name in ("transformer", "repa_projector") for p in module.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"transformer": EMA(transformer, args.ema)}
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    _check_same_design(args.out, config)
     state = load_checkpoint(args.out, modules, opt, emas)
     if state is None and args.init_from is not None:
         # continue from an exported pipeline (EMA weights); the optimizer starts afresh
@@ -142,7 +178,6 @@ def train(args) -> None:
         done = json.loads((args.init_from / "attnscope_defaults.json").read_text()).get("trained_steps", 0)
         state = {"step": done, "seconds": 0.0, "log": [], "config": config, "init_from": str(args.init_from)}
     state = state or {"step": 0, "seconds": 0.0, "log": [], "config": config}
-    bank, captions_bank = latent_bank(vae, Path(args.bank_from or args.out), args.seed, args.bank)
     empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
     start, step = time.time(), state["step"]
     bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS)
@@ -160,10 +195,14 @@ def train(args) -> None:
             group["lr"] = lr_at(step, args.lr, args.warmup)
         with torch.no_grad():
             context, pooled = encode(encoders, ids)
-        with bias:
+        with bias, (tap if args.repa else nullcontext()):
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
-        loss = F.mse_loss(pred, noise - x0)
+            loss = flow_loss = F.mse_loss(pred, noise - x0)
+            if args.repa:
+                loss = flow_loss + args.repa * repa.alignment_loss(tap.hidden, targets[index], modules["repa_projector"])
+        if (step + 1) % 25 == 0:
+            state.setdefault("flow_log", []).append([step + 1, round(flow_loss.item(), 5)])
         step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
     _save(args.out, modules, opt, state, step, start, emas)
 
@@ -172,15 +211,16 @@ def build_pipeline(vae_run, run):
     """The trained MM-DiT as a stock ``StableDiffusion3Pipeline`` (EMA weights)."""
     from diffusers import StableDiffusion3Pipeline
 
+    design = run_design(run)
+    if not design:
+        raise FileNotFoundError(f"No MM-DiT checkpoint in {run}.")
     vae = load_vae(vae_run)
     vae.register_to_config(shift_factor=0.0)
     tokenizer = run_tokenizer(run)
-    transformer = arch.shapes_sd3_transformer()
+    transformer = arch.shapes_sd3_transformer(design["patch"], design["heads"], design["blocks"])
     encoders = [arch.shapes_sd3_text_encoder(len(tokenizer)) for _ in range(2)]
     state = load_checkpoint(run, {"transformer": transformer, "text_encoder": encoders[0],
                                   "text_encoder_2": encoders[1]}, use_ema=True)
-    if state is None:
-        raise FileNotFoundError(f"No MM-DiT checkpoint in {run}.")
     pipe = StableDiffusion3Pipeline(
         transformer=transformer.eval(), scheduler=arch.shapes_flow_scheduler(), vae=vae,
         text_encoder=encoders[0].eval(), tokenizer=tokenizer, text_encoder_2=encoders[1].eval(),
@@ -208,7 +248,14 @@ def main(argv=None) -> None:
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--uncond", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--zero-init", action="store_true", help="DiT's adaLN-Zero initialisation (see adaln_zero)")
+    parser.add_argument("--patch", type=int, default=arch.SD3_PATCH, help="latent pixels per image token (1: 16×16 tokens, 2: 8×8)")
+    parser.add_argument("--heads", type=int, default=arch.SD3_HEADS, help=f"attention heads of width {arch.SD3_HEAD_DIM}")
+    parser.add_argument("--blocks", type=int, default=arch.SD3_BLOCKS, help="joint-attention blocks")
+    parser.add_argument("--repa", type=float, default=0.5, help="weight of the REPA alignment loss (0: off; 0.5 as in REPA's paper)")
+    parser.add_argument("--repa-block", type=int, default=2, help="the block whose image tokens are aligned")
+    parser.add_argument("--repa-from", type=Path, default=WEIGHTS / "shapes-unet", help="Stable Diffusion folder whose UNet is the encoder")
+    parser.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=True,
+                        help="DiT's adaLN-Zero initialisation (see adaln_zero)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     train(args)
