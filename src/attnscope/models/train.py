@@ -26,6 +26,9 @@ from . import architectures as arch
 from .checkpoint import EMA, load_checkpoint, save_checkpoint
 
 
+LOG_EVERY = 25  # steps between logged losses
+
+
 def scene_batch(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE):
     """Images in [-1, 1] ``(B, 3, H, W)`` and captions for training step ``step``."""
     rng = np.random.default_rng([seed, step])
@@ -126,7 +129,7 @@ def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, ar
     step += 1
     for name, ema in emas.items():
         ema.update(modules[name], step)
-    if step % 25 == 0:
+    if step % LOG_EVERY == 0:
         state["log"].append([step, round(loss.item(), 5)])
         print(f"{tag} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
     if step % args.every == 0:

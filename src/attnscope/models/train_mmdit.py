@@ -35,7 +35,7 @@ from . import architectures as arch
 from ..core.tap import sdpa_arguments
 from . import repa
 from .checkpoint import EMA, load_checkpoint
-from .train import _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer
+from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer
 
 
 class ZeroTokenBias(TorchFunctionMode):
@@ -154,19 +154,19 @@ def train(args) -> None:
         adaln_zero(transformer)  # a resumed or --init-from run overwrites these weights below
     encoders = clip_encoders_from(args.text_from) if args.init_from is None else exported_encoders(args.init_from)
     modules = {"transformer": transformer, "text_encoder": encoders[0], "text_encoder_2": encoders[1]}
-    if args.repa:
-        grid = arch.IMAGE_SIZE // 2 ** (arch.VAE_LEVELS - 1) // args.patch
-        tap = repa.BlockTap(transformer, args.repa_block)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    bank, captions_bank = latent_bank(vae, Path(args.bank_from or args.out), args.seed, args.bank)
+    _check_same_design(args.out, config)  # before the bank and the REPA features, which take minutes
+    tap = repa.BlockTap(transformer, args.repa_block) if args.repa else nullcontext()
+    bank_folder = Path(args.bank_from or args.out)
+    bank, captions_bank = latent_bank(vae, bank_folder, args.seed, args.bank)
+    params = list(transformer.parameters())
     if args.repa:
-        targets = repa.cached_teacher_features(Path(args.bank_from or args.out), args.repa_from, bank, captions_bank,
-                                               tokenizer, grid, args.seed)
-        modules["repa_projector"] = repa.projector(transformer.inner_dim, targets.shape[-1])
-    params = [p for name, module in modules.items() if name in ("transformer", "repa_projector") for p in module.parameters()]
+        grid = transformer.config.sample_size // transformer.config.patch_size
+        targets = repa.cached_teacher_features(bank_folder, args.repa_from, bank, captions_bank, tokenizer, grid, args.seed)
+        modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1])
+        params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"transformer": EMA(transformer, args.ema)}
-    _check_same_design(args.out, config)
     state = load_checkpoint(args.out, modules, opt, emas)
     if state is None and args.init_from is not None:
         # continue from an exported pipeline (EMA weights); the optimizer starts afresh
@@ -195,13 +195,13 @@ def train(args) -> None:
             group["lr"] = lr_at(step, args.lr, args.warmup)
         with torch.no_grad():
             context, pooled = encode(encoders, ids)
-        with bias, (tap if args.repa else nullcontext()):
+        with bias, tap:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
             loss = flow_loss = F.mse_loss(pred, noise - x0)
             if args.repa:
-                loss = flow_loss + args.repa * repa.alignment_loss(tap.hidden, targets[index], modules["repa_projector"])
-        if (step + 1) % 25 == 0:
+                loss = flow_loss + args.repa * repa.alignment_loss(tap.hidden, targets[index], head)
+        if (step + 1) % LOG_EVERY == 0:
             state.setdefault("flow_log", []).append([step + 1, round(flow_loss.item(), 5)])
         step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
     _save(args.out, modules, opt, state, step, start, emas)
