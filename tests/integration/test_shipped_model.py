@@ -86,6 +86,14 @@ def test_eval_gate_only_traces_nothing(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["quality_gate"] <= 1.0 and results["table"] == {} and results["scored_pairs"] == 0
     assert (out / "samples.png").is_file() and len((out / "samples.txt").read_text().splitlines()) == 3
+    from attnscope.datasets.shapes import make_scenes
+
+    scenes = make_scenes(0, 3, split="test", size=64)
+    named = {o.shape for scene in scenes for o in scene.objects}
+    assert set(results["quality_by_shape"]) == named  # one rate per shape the captions name, each a share of them
+    for shape, rate in results["quality_by_shape"].items():
+        n = sum(any(o.shape == shape for o in scene.objects) for scene in scenes)
+        assert n > 0 and any(abs(rate - k / n) < 1e-4 for k in range(n + 1))
 
 
 def test_real_protocol_needs_a_method(tmp_path, capsys):

@@ -1,5 +1,7 @@
 """The MM-DiT training shortcut is exact: one zero token with a log(256) logit bias equals SD3's 256 zero tokens."""
 
+import re
+
 import pytest
 import torch
 
@@ -163,3 +165,25 @@ def test_repa_needs_a_unet_block_at_the_token_grid():
     assert _feature_module(unet, 8) is unet.up_blocks[1].attentions[-1]
     with pytest.raises(ValueError, match="--patch"):
         _feature_module(unet, 4)  # patch 4: a 4×4 grid, where the UNet's up path has no attention
+
+
+def test_cooldown_is_flat_then_linear_to_zero():
+    from attnscope.models.train_mmdit import cooldown_scale
+
+    total, cooldown = 1000, 0.3
+    scales = [cooldown_scale(step, total, cooldown) for step in range(total + 1)]
+    assert all(scale == 1.0 for scale in scales[:701])  # stable until the last 30 %
+    assert scales[-1] == 0.0 and scales[850] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(scales, scales[1:]))
+    assert cooldown_scale(999, total, 0.0) == 1.0  # no cooldown: the rate never decays
+
+
+@pytest.mark.parametrize("extra, message", [(["--cooldown", "0.3"], "needs --steps"),
+                                            (["--cooldown", "1.5", "--steps", "10"], r"in \[0, 1\]")])
+def test_cooldown_arguments_are_checked(tmp_path, capsys, extra, message):
+    from attnscope.models.train_mmdit import main as mmdit_main
+
+    with pytest.raises(SystemExit):
+        mmdit_main(["--vae", str(tmp_path), "--out", str(tmp_path / "run")] + extra)
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -43,3 +43,19 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_ema_update_is_the_exponential_average_for_every_tensor():
+    """The fused update equals ``shadow ← decay · shadow + (1 − decay) · value`` tensor by tensor; integer buffers are copied."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema = EMA(module, decay=0.9)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p))
+    module.train()(torch.randn(5, 4))  # moves the running stats and num_batches_tracked
+    ema.update(module, step=10_000)
+    for key, value in module.state_dict().items():
+        expected = 0.9 * before[key] + 0.1 * value.float() if value.dtype.is_floating_point else value
+        torch.testing.assert_close(ema.shadow[key], expected.to(ema.shadow[key].dtype))

@@ -86,6 +86,7 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
         for scene, image, ids in zip(chunk, arrays, token_ids):
             found = detect(image)
             records.append({"caption": scene.caption, "n_objects": len(scene.objects),
+                            "shapes": sorted({o.shape for o in scene.objects}),
                             "truncated": len(ids) > pipe.tokenizer.model_max_length,
                             "match": bool(matches_caption(found, scene.objects)),
                             "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects)})

@@ -24,11 +24,15 @@ class EMA:
     @torch.no_grad()
     def update(self, module: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
+        floats, targets = [], []
         for k, v in module.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(decay).add_(v.float(), alpha=1 - decay)
+                floats.append(self.shadow[k])
+                targets.append(v.float())
             else:
                 self.shadow[k].copy_(v)
+        if floats:  # one fused kernel for all tensors: on a GPU, a small model's step is launch-bound
+            torch._foreach_lerp_(floats, targets, 1 - decay)
 
     def copy_to(self, module: torch.nn.Module) -> None:
         module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
@@ -80,7 +84,8 @@ def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = N
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     for name, ema in (emas or {}).items():
         prefix = f"ema_{name}/"
-        ema.shadow = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        device = next(iter(ema.shadow.values())).device
+        ema.shadow = {k[len(prefix):]: v.float().to(device) for k, v in tensors.items() if k.startswith(prefix)}
     if opt is not None and "optimizer" in record:
         state: dict = {}
         for key, value in tensors.items():

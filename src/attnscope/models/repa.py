@@ -39,8 +39,8 @@ def _feature_module(unet, grid: int):
     try:
         size = unet.config.sample_size
         with torch.no_grad():
-            unet(torch.zeros(1, unet.config.in_channels, size, size), 0,
-                 encoder_hidden_states=torch.zeros(1, 1, unet.config.cross_attention_dim))
+            unet(torch.zeros(1, unet.config.in_channels, size, size, device=unet.device), 0,
+                 encoder_hidden_states=torch.zeros(1, 1, unet.config.cross_attention_dim, device=unet.device))
     finally:
         for handle in handles:
             handle.remove()
@@ -53,7 +53,7 @@ def _feature_module(unet, grid: int):
 
 
 def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, tokenizer, grid: int, seed: int = 0,
-                     chunk: int = 64) -> torch.Tensor:
+                     chunk: int = 64, device="cpu") -> torch.Tensor:
     """Frozen UNet features of every bank scene, ``(n, grid * grid, channels)`` in float16, tokens in raster order."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -61,9 +61,10 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
     teacher = Path(teacher)
     unet = UNet2DConditionModel.from_pretrained(teacher / "unet", torch_dtype=torch.float32).eval()
     text_encoder = CLIPTextModel.from_pretrained(teacher / "text_encoder", dtype=torch.float32).eval()
+    unet.to(device), text_encoder.to(device)
     alpha_bar = DDIMScheduler.from_pretrained(teacher / "scheduler").alphas_cumprod[FEATURE_TIMESTEP]
     module, captured = _feature_module(unet, grid), []
-    handle = module.register_forward_hook(lambda m, a, out: captured.append(out[0].flatten(2).transpose(1, 2).half()))
+    handle = module.register_forward_hook(lambda m, a, out: captured.append(out[0].flatten(2).transpose(1, 2).half().cpu()))
     try:
         with torch.no_grad():
             for start in range(0, len(latents), chunk):
@@ -71,8 +72,8 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
                 ids = tokenizer(captions[start:start + chunk], padding="max_length", max_length=arch.MAX_TOKENS,
                                 truncation=True, return_tensors="pt").input_ids
                 noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + start))
-                noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
-                unet(noisy, FEATURE_TIMESTEP, encoder_hidden_states=text_encoder(ids)[0])
+                noisy = (alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise).to(device)
+                unet(noisy, FEATURE_TIMESTEP, encoder_hidden_states=text_encoder(ids.to(device))[0])
                 if (start // chunk) % 50 == 0:
                     print(f"repa features {start + len(x0)}/{len(latents)}", flush=True)
     finally:
@@ -80,7 +81,8 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
     return torch.cat(captured)
 
 
-def cached_teacher_features(folder: Path, teacher: Path, latents, captions, tokenizer, grid: int, seed: int) -> torch.Tensor:
+def cached_teacher_features(folder: Path, teacher: Path, latents, captions, tokenizer, grid: int, seed: int,
+                            device="cpu") -> torch.Tensor:
     """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``)."""
     from safetensors.torch import load_file, save_file
 
@@ -88,7 +90,7 @@ def cached_teacher_features(folder: Path, teacher: Path, latents, captions, toke
     meta = {"teacher": str(teacher), "grid": grid, "scenes": len(latents), "seed": seed, "timestep": FEATURE_TIMESTEP}
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return load_file(str(path))["features"]
-    features = teacher_features(teacher, latents, captions, tokenizer, grid, seed)
+    features = teacher_features(teacher, latents, captions, tokenizer, grid, seed, device=device)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"features": features.contiguous()}, str(folder / "repa.safetensors.tmp"))
     (folder / "repa.safetensors.tmp").replace(path)

@@ -109,7 +109,8 @@ def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = 64):
     with torch.no_grad():
         for start in range(0, size, chunk):
             images, caps = scene_batch(seed + 1_000_000, start // chunk, min(chunk, size - start))
-            latents.append(vae.encode(images).latent_dist.mean * vae.config.scaling_factor)
+            images = images.to(vae.device)
+            latents.append((vae.encode(images).latent_dist.mean * vae.config.scaling_factor).cpu())
             captions += caps
             if (start // chunk) % 20 == 0:
                 print(f"bank {start + len(caps)}/{size}", flush=True)

@@ -1,6 +1,7 @@
 """Train the tiny MM-DiT (Stable Diffusion 3 layout) on the same latent bank as the UNet.
 
     python -m attnscope.models.train_mmdit --vae src/attnscope/models/weights/shapes-unet --out runs/mmdit --minutes 80
+    python -m attnscope.models.train_mmdit ... --steps 8541 --cooldown 0.3 --device cuda   # decay the rate over the last 30 %
 
 Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer predicts ``ε - x_0``,
 σ drawn logit-normal; DiT's adaLN-Zero initialisation; a REPA alignment loss towards the shipped
@@ -140,10 +141,19 @@ def _check_same_design(run: Path, config: dict) -> None:
                              f"pass --{flag} {saved[flag]} to resume it, or choose another --out.")
 
 
+def cooldown_scale(step: int, total: int, cooldown: float) -> float:
+    """Learning-rate factor of a warmup–stable–decay schedule: 1, then linear to 0 over the last ``cooldown`` of ``total`` steps."""
+    if cooldown <= 0:
+        return 1.0
+    start = total * (1 - cooldown)
+    return min(1.0, max(0.0, (total - step) / (total - start)))
+
+
 def train(args) -> None:
     from transformers import CLIPTokenizer
 
-    vae = load_vae(args.vae)
+    device = torch.device(args.device)
+    vae = load_vae(args.vae).to(device)
     source = args.init_from or args.text_from
     if not (args.out / "tokenizer").is_dir():
         CLIPTokenizer.from_pretrained(source / "tokenizer").save_pretrained(args.out / "tokenizer")
@@ -159,11 +169,15 @@ def train(args) -> None:
     tap = repa.BlockTap(transformer, args.repa_block) if args.repa else nullcontext()
     bank_folder = Path(args.bank_from or args.out)
     bank, captions_bank = latent_bank(vae, bank_folder, args.seed, args.bank)
+    del vae
+    for module in modules.values():
+        module.to(device)
     params = list(transformer.parameters())
     if args.repa:
         grid = transformer.config.sample_size // transformer.config.patch_size
-        targets = repa.cached_teacher_features(bank_folder, args.repa_from, bank, captions_bank, tokenizer, grid, args.seed)
-        modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1])
+        targets = repa.cached_teacher_features(bank_folder, args.repa_from, bank, captions_bank, tokenizer, grid,
+                                               args.seed, device=device)
+        modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1]).to(device)
         params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"transformer": EMA(transformer, args.ema)}
@@ -180,27 +194,29 @@ def train(args) -> None:
     state = state or {"step": 0, "seconds": 0.0, "log": [], "config": config}
     empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
     start, step = time.time(), state["step"]
+    if args.steps <= step:
+        print(f"{args.out} has already trained {step} of --steps {args.steps}.", flush=True)
     bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS)
     while step < args.steps and time.time() - start < args.minutes * 60:
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         index = torch.randint(0, len(captions_bank), (args.batch,), generator=gen)
-        x0 = bank[index]
+        x0 = bank[index].to(device)
         ids = tokenizer([captions_bank[i] for i in index.tolist()], padding="max_length",
                         max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
         ids[torch.rand(args.batch, generator=gen) < args.uncond] = empty
-        noise = torch.randn(x0.shape, generator=gen)
-        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))[:, None, None, None]
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))[:, None, None, None].to(device)
         noisy = (1 - sigma) * x0 + sigma * noise
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup)
+            group["lr"] = lr_at(step, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
         with torch.no_grad():
-            context, pooled = encode(encoders, ids)
+            context, pooled = encode(encoders, ids.to(device))
         with bias, tap:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
             loss = flow_loss = F.mse_loss(pred, noise - x0)
             if args.repa:
-                loss = flow_loss + args.repa * repa.alignment_loss(tap.hidden, targets[index], head)
+                loss = flow_loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
         if (step + 1) % LOG_EVERY == 0:
             state.setdefault("flow_log", []).append([step + 1, round(flow_loss.item(), 5)])
         step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
@@ -241,13 +257,16 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (design 3 first ran at 6e-4; docs/models.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--uncond", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--cooldown", type=float, default=0.0,
+                        help="fraction of --steps over which the learning rate decays linearly to 0 at the end (needs --steps)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on (batches are drawn on the CPU, so runs match across devices)")
     parser.add_argument("--patch", type=int, default=arch.SD3_PATCH, help="latent pixels per image token (1: 16×16 tokens, 2: 8×8)")
     parser.add_argument("--heads", type=int, default=arch.SD3_HEADS, help=f"attention heads of width {arch.SD3_HEAD_DIM}")
     parser.add_argument("--blocks", type=int, default=arch.SD3_BLOCKS, help="joint-attention blocks")
@@ -257,6 +276,10 @@ def main(argv=None) -> None:
     parser.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=True,
                         help="DiT's adaLN-Zero initialisation (see adaln_zero)")
     args = parser.parse_args(argv)
+    if args.cooldown and args.steps == parser.get_default("steps"):
+        parser.error("--cooldown needs --steps, the run's planned total, to know where the decay ends")
+    if not 0 <= args.cooldown <= 1:
+        parser.error(f"--cooldown is a fraction of --steps in [0, 1], not {args.cooldown}")
     torch.set_num_threads(args.threads)
     train(args)
 
