@@ -78,12 +78,10 @@ def cmd_eval(args) -> int:
         pairs, records, images = run_generated(pipe, scenes, args.methods, steps=steps, guidance=guidance,
                                                batch=args.batch, seed=args.seed, progress=progress)
         gate = sum(r["match"] for r in records) / len(records)
-        by_n = {n: [r["match"] for r in records if r["n_objects"] == n] for n in sorted({r["n_objects"] for r in records})}
-        by_shape = {shape: [r["match"] for r in records if shape in r["shapes"]]
-                    for shape in sorted({shape for r in records for shape in r["shapes"]})}
         header.update(steps=steps, guidance=guidance, quality_gate=round(gate, 4),
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
-                      quality_by_objects=_shares(by_n), quality_by_shape=_shares(by_shape),
+                      quality_by_objects=_pass_rates(records, lambda r: [r["n_objects"]]),
+                      quality_by_shape=_pass_rates(records, lambda r: r["shapes"]),
                       truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
         extra = ("Quality gate: share of generated images in which the detector finds every captioned object "
                  f"with the right colour and shape: **{gate:.1%}** of {len(records)}.")
@@ -102,6 +100,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _shares(groups: dict) -> dict:
-    """Share of passing images in each group (e.g. all captions that name a star)."""
-    return {str(key): round(sum(passed) / len(passed), 4) for key, passed in groups.items()}
+def _pass_rates(records: list, groups_of) -> dict:
+    """Share of passing images in each group; ``groups_of(record)`` lists the groups a record is in
+    (its object count; every shape its caption names)."""
+    groups: dict = {}
+    for record in records:
+        for key in groups_of(record):
+            groups.setdefault(key, []).append(record["match"])
+    return {str(key): round(sum(passed) / len(passed), 4) for key, passed in sorted(groups.items())}

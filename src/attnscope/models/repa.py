@@ -61,7 +61,8 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
     teacher = Path(teacher)
     unet = UNet2DConditionModel.from_pretrained(teacher / "unet", torch_dtype=torch.float32).eval()
     text_encoder = CLIPTextModel.from_pretrained(teacher / "text_encoder", dtype=torch.float32).eval()
-    unet.to(device), text_encoder.to(device)
+    unet.to(device)
+    text_encoder.to(device)
     alpha_bar = DDIMScheduler.from_pretrained(teacher / "scheduler").alphas_cumprod[FEATURE_TIMESTEP]
     module, captured = _feature_module(unet, grid), []
     handle = module.register_forward_hook(lambda m, a, out: captured.append(out[0].flatten(2).transpose(1, 2).half().cpu()))
