@@ -179,8 +179,9 @@ def test_cooldown_is_flat_then_linear_to_zero():
 
 
 @pytest.mark.parametrize("extra, message", [(["--cooldown", "0.3"], "needs --steps"),
-                                            (["--cooldown", "1.5", "--steps", "10"], r"in \[0, 1\]")])
-def test_cooldown_arguments_are_checked(tmp_path, capsys, extra, message):
+                                            (["--cooldown", "1.5", "--steps", "10"], r"in \[0, 1\]"),
+                                            (["--distill", "2"], r"teacher's share .* in \[0, 1\]")])
+def test_training_arguments_are_checked(tmp_path, capsys, extra, message):
     from attnscope.models.train_mmdit import main as mmdit_main
 
     with pytest.raises(SystemExit):

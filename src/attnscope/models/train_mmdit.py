@@ -35,6 +35,7 @@ from . import WEIGHTS
 from . import architectures as arch
 from ..core.tap import sdpa_arguments
 from . import repa
+from .distill import SIGMA_WINDOW, FlowTeacher
 from .checkpoint import EMA, load_checkpoint
 from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer
 
@@ -179,6 +180,7 @@ def train(args) -> None:
                                                args.seed, device=device)
         modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1]).to(device)
         params += list(head.parameters())
+    teacher = FlowTeacher(args.distill_from, tokenizer, device, tuple(args.distill_sigmas)) if args.distill else None
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"transformer": EMA(transformer, args.ema)}
     state = load_checkpoint(args.out, modules, opt, emas)
@@ -211,10 +213,16 @@ def train(args) -> None:
             group["lr"] = lr_at(step, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
         with torch.no_grad():
             context, pooled = encode(encoders, ids.to(device))
+        target = noise - x0
+        if teacher is not None:  # outside the zero-token mode: the UNet has no zero token
+            velocity, valid = teacher.velocity(noisy, sigma, ids)
+            target = target + args.distill * valid[:, None, None, None] * (velocity - target)
         with bias, tap:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
             loss = flow_loss = F.mse_loss(pred, noise - x0)
+            if teacher is not None:
+                flow_loss, loss = flow_loss.detach(), F.mse_loss(pred, target)
             if args.repa:
                 loss = flow_loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
         if (step + 1) % LOG_EVERY == 0:
@@ -273,6 +281,12 @@ def main(argv=None) -> None:
     parser.add_argument("--repa", type=float, default=0.5, help="weight of the REPA alignment loss (0: off; 0.5 as in REPA's paper)")
     parser.add_argument("--repa-block", type=int, default=2, help="the block whose image tokens are aligned")
     parser.add_argument("--repa-from", type=Path, default=WEIGHTS / "shapes-unet", help="Stable Diffusion folder whose UNet is the encoder")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="share of the teacher's velocity in the regression target (0: the data target only; 1: the teacher's; see distill.py)")
+    parser.add_argument("--distill-from", type=Path, default=WEIGHTS / "shapes-unet",
+                        help="Stable Diffusion folder (ε-prediction UNet, same tokenizer) whose denoiser is the teacher")
+    parser.add_argument("--distill-sigmas", type=float, nargs=2, default=SIGMA_WINDOW, metavar=("LOW", "HIGH"),
+                        help="flow levels σ at which the teacher is used (elsewhere the data target)")
     parser.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=True,
                         help="DiT's adaLN-Zero initialisation (see adaln_zero)")
     args = parser.parse_args(argv)
@@ -280,6 +294,8 @@ def main(argv=None) -> None:
         parser.error("--cooldown needs --steps, the run's planned total, to know where the decay ends")
     if not 0 <= args.cooldown <= 1:
         parser.error(f"--cooldown is a fraction of --steps in [0, 1], not {args.cooldown}")
+    if not 0 <= args.distill <= 1:
+        parser.error(f"--distill is the teacher's share of the target in [0, 1], not {args.distill}")
     torch.set_num_threads(args.threads)
     train(args)
 
