@@ -79,7 +79,7 @@ def test_distillation_with_an_empty_window_trains_exactly_as_without(tmp_path):
 
     def run(name, extra):
         mmdit_main(["--vae", str(WEIGHTS / "shapes-unet"), "--out", str(tmp_path / name), "--bank", "8", "--batch", "2",
-                    "--threads", "1", "--every", "1000", "--heads", "2", "--blocks", "2", "--repa", "0", "--steps", "2"] + extra)
+                    "--threads", "1", "--every", "1000", "--heads", "2", "--blocks", "2", "--repa", "0.5", "--repa-block", "1", "--steps", "2"] + extra)
         return load_file(str(tmp_path / name / "checkpoint.safetensors"))
 
     plain = run("plain", [])

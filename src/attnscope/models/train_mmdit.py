@@ -220,11 +220,10 @@ def train(args) -> None:
         with bias, tap:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
-            loss = flow_loss = F.mse_loss(pred, noise - x0)
-            if teacher is not None:
-                flow_loss, loss = flow_loss.detach(), F.mse_loss(pred, target)
+            loss = F.mse_loss(pred, target)
+            flow_loss = F.mse_loss(pred.detach(), noise - x0) if teacher is not None else loss  # logged: the data loss
             if args.repa:
-                loss = flow_loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
+                loss = loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
         if (step + 1) % LOG_EVERY == 0:
             state.setdefault("flow_log", []).append([step + 1, round(flow_loss.item(), 5)])
         step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
