@@ -5,9 +5,11 @@
 
 Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer predicts ``ε - x_0``,
 σ drawn logit-normal; DiT's adaLN-Zero initialisation; a REPA alignment loss towards the shipped
-UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md). Like SD3, which
-starts from pretrained CLIP encoders, the text side is pretrained and frozen: both CLIP encoders
-are made from the shipped UNet's text encoder (``--text-from``); only the transformer trains.
+UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md). ``--distill``
+regresses on the UNet's denoiser instead of the data target (``distill.py``; lower loss at equal
+steps, but its extra pass made it worse at equal time on a CPU). Like SD3, which starts from
+pretrained CLIP encoders, the text side is pretrained and frozen: both CLIP encoders are made from
+the shipped UNet's text encoder (``--text-from``); only the transformer trains.
 There is no T5.
 
 Without T5, diffusers' SD3 pipeline appends 256 all-zero tokens to the prompt. SD3 text tokens
