@@ -46,7 +46,8 @@ def main(argv=None) -> None:
     encoders = train_mmdit.exported_encoders(args.student)
     gen = torch.Generator().manual_seed(args.seed)
     index = torch.randint(0, len(captions), (args.n,), generator=gen)
-    x0, noise = bank[index], torch.randn(bank[index].shape, generator=gen)
+    x0 = bank[index]
+    noise = torch.randn(x0.shape, generator=gen)
     ids = tokenizer([captions[i] for i in index.tolist()], padding="max_length", max_length=arch.MAX_TOKENS,
                     truncation=True, return_tensors="pt").input_ids
     with torch.no_grad(), train_mmdit.ZeroTokenBias(arch.SD3_ZERO_TOKENS):

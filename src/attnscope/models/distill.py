@@ -83,9 +83,10 @@ class FlowTeacher:
     def velocity(self, noisy: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher velocities for flow samples ``noisy`` at levels ``sigma`` ``(B, 1, 1, 1)``, and a ``(B,)`` mask of
         the samples to use them for (σ inside the window and the teacher's schedule)."""
-        timestep, valid = ddpm_timestep(self.alphas_cumprod, sigma.flatten().cpu())
+        levels = sigma.flatten().cpu()
+        timestep, valid = ddpm_timestep(self.alphas_cumprod, levels)
         low, high = self.window
-        valid &= (sigma.flatten().cpu() >= low) & (sigma.flatten().cpu() <= high)
+        valid &= (levels >= low) & (levels <= high)
         scale = ((1 - sigma) ** 2 + sigma ** 2).sqrt()
         context = self.text_encoder(ids.to(noisy.device))[0]
         epsilon = self.unet(noisy / scale, timestep.to(noisy.device), encoder_hidden_states=context).sample

@@ -215,15 +215,15 @@ def train(args) -> None:
             group["lr"] = lr_at(step, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
         with torch.no_grad():
             context, pooled = encode(encoders, ids.to(device))
-        target = noise - x0
+        target = flow_target = noise - x0
         if teacher is not None:  # outside the zero-token mode: the UNet has no zero token
             velocity, valid = teacher.velocity(noisy, sigma, ids)
-            target = target + args.distill * valid[:, None, None, None] * (velocity - target)
+            target = flow_target + args.distill * valid[:, None, None, None] * (velocity - flow_target)
         with bias, tap:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
             loss = F.mse_loss(pred, target)
-            flow_loss = F.mse_loss(pred.detach(), noise - x0) if teacher is not None else loss  # logged: the data loss
+            flow_loss = F.mse_loss(pred.detach(), flow_target) if teacher is not None else loss  # logged: the data loss
             if args.repa:
                 loss = loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
         if (step + 1) % LOG_EVERY == 0:
