@@ -180,7 +180,8 @@ def test_cooldown_is_flat_then_linear_to_zero():
 
 @pytest.mark.parametrize("extra, message", [(["--cooldown", "0.3"], "needs --steps"),
                                             (["--cooldown", "1.5", "--steps", "10"], r"in \[0, 1\]"),
-                                            (["--distill", "2"], r"teacher's share .* in \[0, 1\]")])
+                                            (["--distill", "2"], r"teacher's share .* in \[0, 1\]"),
+                                            (["--sigma-std", "0"], "must be positive")])
 def test_training_arguments_are_checked(tmp_path, capsys, extra, message):
     from attnscope.models.train_mmdit import main as mmdit_main
 
@@ -188,3 +189,64 @@ def test_training_arguments_are_checked(tmp_path, capsys, extra, message):
         mmdit_main(["--vae", str(tmp_path), "--out", str(tmp_path / "run")] + extra)
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_mmdit_on_its_own_8x8_vae_trains_with_repa_and_refuses_mixed_latents(tmp_path):
+    """A run may bring its own VAE (here 8×8×8 latents, patch 1): REPA's UNet then reads the same scenes
+    encoded by its own VAE, the export is a stock SD3 folder of that shape, and every mix of latent
+    spaces (resume, export, a reused bank) is refused with a one-line error."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from attnscope.models import WEIGHTS
+    from attnscope.models.train import main as train_main
+    from attnscope.models.train_mmdit import build_pipeline, main as mmdit_main
+
+    common = ["--batch", "2", "--threads", "1", "--every", "1000"]
+    train_main(["vae", "--out", str(tmp_path / "vae8"), "--steps", "1", "--levels", "4", "--latent-channels", "8"] + common)
+    out, shipped = tmp_path / "mmdit", WEIGHTS / "shapes-unet"
+    flags = ["--out", str(out), "--bank", "8", "--patch", "1", "--heads", "2", "--blocks", "2",
+             "--repa", "0.5", "--repa-block", "1"] + common
+    mmdit_main(["--vae", str(tmp_path / "vae8"), "--steps", "2"] + flags)
+    assert load_file(str(out / "bank.safetensors"))["latents"].shape == (8, 8, 8, 8)
+    teacher_bank = load_file(str(out / "repa-bank" / "bank.safetensors"))["latents"]
+    assert teacher_bank.shape == (8, 4, 16, 16)  # the UNet's own latents ...
+    assert json.loads((out / "repa-bank" / "bank.json").read_text()) == json.loads((out / "bank.json").read_text())  # ... of the same scenes
+    assert load_file(str(out / "repa.safetensors"))["features"].shape == (8, 8 * 8, 96)
+    pipe, state = build_pipeline(tmp_path / "vae8", out)
+    config = pipe.transformer.config
+    assert state["step"] == 2 and (config.in_channels, config.sample_size, config.patch_size) == (8, 8, 1)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
+    with pytest.raises(SystemExit, match="latents; resume it with the --vae"):
+        mmdit_main(["--vae", str(shipped), "--steps", "3"] + flags)
+    with pytest.raises(SystemExit, match="pass the --vae the run was trained with"):
+        build_pipeline(shipped, out)
+    with pytest.raises(SystemExit, match="holds .* latents"):
+        mmdit_main(["--vae", str(shipped), "--steps", "1", "--out", str(tmp_path / "other"), "--bank-from", str(out),
+                    "--bank", "8"] + common)
+    with pytest.raises(SystemExit, match="--levels 4 --latent-channels 8"):
+        train_main(["vae", "--out", str(tmp_path / "vae8"), "--steps", "2"] + common)  # resumed with the default design
+    with pytest.raises(ValueError, match="2–5 levels"):
+        arch.shapes_vae(levels=1)
+
+
+def test_warm_start_copies_every_full_resolution_layer_of_a_shallower_vae():
+    """Encoder blocks keep their index, decoder blocks shift by the added levels; only the new latent end is fresh."""
+    from attnscope.models.train import warm_start_vae
+
+    torch.manual_seed(0)
+    source, deep = arch.shapes_vae(), arch.shapes_vae(levels=4, latent_channels=8)
+    fresh = warm_start_vae(deep, source)
+    old, new = source.state_dict(), deep.state_dict()
+    for key in ("encoder.conv_in.weight", "encoder.down_blocks.2.resnets.0.conv1.weight", "encoder.mid_block.resnets.0.conv1.weight"):
+        assert torch.equal(new[key], old[key])
+    for level in range(3):  # the image-side decoder blocks, counted from the image end
+        key = "decoder.up_blocks.{}.resnets.0.conv1.weight"
+        assert torch.equal(new[key.format(level + 1)], old[key.format(level)])
+    assert torch.equal(new["decoder.conv_out.weight"], old["decoder.conv_out.weight"])
+    assert "decoder.up_blocks.0.resnets.0.conv1.weight" in fresh and "encoder.down_blocks.3.resnets.0.conv1.weight" in fresh
+    assert all(key.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv") for key in fresh)
+    with pytest.raises(ValueError, match="at most as many --levels"):
+        warm_start_vae(source, deep)

@@ -18,6 +18,8 @@ IMAGE_SIZE = 64
 LATENT_CHANNELS = 4
 VAE_LEVELS = 3  # 2 ** (levels - 1) = 4× down-sampling: 64×64 images ↔ 16×16 latents
 TEXT_WIDTH = 128
+#: (channels, side) of the shipped VAE's latents
+SHIPPED_LATENT = (LATENT_CHANNELS, IMAGE_SIZE // 2 ** (VAE_LEVELS - 1))
 MAX_TOKENS = 24  # the longest ShapesWorld caption is 16 words; 24 leaves room for BOS/EOS
 
 
@@ -28,15 +30,28 @@ def shapes_tokenizer():
     return word_bpe_tokenizer(vocabulary(), max_length=MAX_TOKENS)
 
 
-def shapes_vae():
+def shapes_vae(levels: int = VAE_LEVELS, latent_channels: int = LATENT_CHANNELS):
+    """The ShapesWorld VAE: ``levels`` resolutions (2 ** (levels - 1) down-sampling), ``latent_channels`` deep.
+
+    The shipped UNet's VAE is the default (3 levels, 4 channels: 16×16×4 latents); ``levels=4`` gives
+    8×8 latents, the down-sampling of Stable Diffusion's and SD3's VAEs.
+    """
     from diffusers import AutoencoderKL
 
+    if not 2 <= levels <= 5 or latent_channels < 1:
+        raise ValueError(f"A ShapesWorld VAE has 2–5 levels and at least one latent channel, not {levels} and {latent_channels}.")
+    widths = (32,) + (64,) * (levels - 1)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
-        block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * VAE_LEVELS,
-        up_block_types=("UpDecoderBlock2D",) * VAE_LEVELS, layers_per_block=1, norm_num_groups=16,
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        block_out_channels=widths, down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels, layers_per_block=1, norm_num_groups=16,
         sample_size=IMAGE_SIZE,
     )
+
+
+def latent_shape(vae) -> tuple[int, int]:
+    """``(channels, side)`` of the latents a VAE makes from an ``IMAGE_SIZE`` image."""
+    return vae.config.latent_channels, IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def clip_text_config(vocab_size: int, width: int):
@@ -97,18 +112,20 @@ def shapes_sd3_text_encoder(vocab_size: int):
     return CLIPTextModelWithProjection(config)
 
 
-def shapes_sd3_transformer(patch: int = SD3_PATCH, heads: int = SD3_HEADS, blocks: int = SD3_BLOCKS):
-    """The SD3 transformer over the 16×16 latent; ``patch``, ``heads`` (of width 32) and ``blocks`` set its size."""
+def shapes_sd3_transformer(patch: int = SD3_PATCH, heads: int = SD3_HEADS, blocks: int = SD3_BLOCKS,
+                           latent: tuple[int, int] = SHIPPED_LATENT):
+    """The SD3 transformer over ``latent`` = (channels, side) latents (the shipped VAE's 16×16×4 by default);
+    ``patch``, ``heads`` (of width 32) and ``blocks`` set its size."""
     from diffusers import SD3Transformer2DModel
 
-    latent = IMAGE_SIZE // 2 ** (VAE_LEVELS - 1)
-    if latent % patch:
-        raise ValueError(f"patch {patch} does not divide the {latent}×{latent} latent; use 1, 2 or 4.")
+    channels, side = latent
+    if side % patch:
+        raise ValueError(f"patch {patch} does not divide the {side}×{side} latent; use a divisor of {side}.")
     return SD3Transformer2DModel(
-        sample_size=latent, patch_size=patch, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        sample_size=side, patch_size=patch, in_channels=channels, out_channels=channels,
         num_layers=blocks, attention_head_dim=SD3_HEAD_DIM, num_attention_heads=heads,
         joint_attention_dim=2 * SD3_CLIP_WIDTH, caption_projection_dim=heads * SD3_HEAD_DIM,
-        pooled_projection_dim=2 * SD3_CLIP_WIDTH, pos_embed_max_size=latent,
+        pooled_projection_dim=2 * SD3_CLIP_WIDTH, pos_embed_max_size=side,
     )
 
 

@@ -84,13 +84,18 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
 
 def cached_teacher_features(folder: Path, teacher: Path, latents, captions, tokenizer, grid: int, seed: int,
                             device="cpu") -> torch.Tensor:
-    """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``)."""
+    """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``).
+
+    ``latents`` are the scenes in the teacher's latent space, or a function that makes them (called
+    only when the cache is missing: a run whose VAE differs from the teacher's encodes them anew).
+    """
     from safetensors.torch import load_file, save_file
 
     path, meta_path = folder / "repa.safetensors", folder / "repa.json"
-    meta = {"teacher": str(teacher), "grid": grid, "scenes": len(latents), "seed": seed, "timestep": FEATURE_TIMESTEP}
+    meta = {"teacher": str(teacher), "grid": grid, "scenes": len(captions), "seed": seed, "timestep": FEATURE_TIMESTEP}
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return load_file(str(path))["features"]
+    latents = latents() if callable(latents) else latents
     features = teacher_features(teacher, latents, captions, tokenizer, grid, seed, device=device)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"features": features.contiguous()}, str(folder / "repa.safetensors.tmp"))

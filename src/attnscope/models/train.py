@@ -41,10 +41,43 @@ def lr_at(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / warmup)
 
 
+def warm_start_vae(vae, source) -> list[str]:
+    """Copy ``source``'s weights into ``vae`` resolution by resolution; returns the names left as initialised.
+
+    A VAE with more levels shares its full-resolution layers with a shallower one: encoder blocks
+    keep their index (each level halves the size), decoder blocks are counted from the image end.
+    The layers at the new latent (bottleneck convolutions, the added levels) start fresh.
+    """
+    extra = len(vae.config.block_out_channels) - len(source.config.block_out_channels)
+    if extra < 0:
+        raise ValueError("--init-from must be a VAE with at most as many --levels as the new one.")
+    prefix = "decoder.up_blocks."
+    renamed = {}
+    for key, value in source.state_dict().items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            key = f"{prefix}{int(index) + extra}.{rest}"
+        renamed[key] = value
+    target = vae.state_dict()
+    matched = {k: v for k, v in renamed.items() if k in target and target[k].shape == v.shape}
+    vae.load_state_dict(matched, strict=False)
+    return sorted(set(target) - set(matched))
+
+
 def train_vae(args) -> None:
-    vae = arch.shapes_vae()
+    design = {"levels": args.levels, "latent_channels": args.latent_channels}
+    saved = vae_design(args.out)
+    if saved and saved != design:
+        raise SystemExit(f"{args.out} holds a VAE with --levels {saved['levels']} --latent-channels "
+                         f"{saved['latent_channels']}; pass those to resume it, or choose another --out.")
+    vae = arch.shapes_vae(**design)
+    if args.init_from is not None and not saved:
+        fresh = warm_start_vae(vae, load_vae(args.init_from))
+        print(f"warm start from {args.init_from}: {len(vae.state_dict()) - len(fresh)} tensors copied, {len(fresh)} fresh", flush=True)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
-    state = load_checkpoint(args.out, {"vae": vae}, opt) or {"step": 0, "seconds": 0.0, "log": []}
+    state = load_checkpoint(args.out, {"vae": vae}, opt) or {"step": 0, "seconds": 0.0, "log": [], "design": design}
+    if args.init_from is not None:
+        state.setdefault("init_from", str(args.init_from))
     start, step = time.time(), state["step"]
     while step < args.steps and time.time() - start < args.minutes * 60:
         images, _ = scene_batch(args.seed, step, args.batch)
@@ -77,6 +110,18 @@ def _save(out, modules, opt, state, step, start, emas=None) -> None:
     save_checkpoint(out, modules, opt, {k: v for k, v in state.items() if k != "_counted"}, emas)
 
 
+def vae_design(folder) -> dict:
+    """The ``levels`` and ``latent_channels`` a VAE run folder was started with ({} if there is none).
+
+    Runs from before these flags existed have no record and were built with the defaults.
+    """
+    path = Path(folder) / "checkpoint.json"
+    if not path.is_file():
+        return {}
+    default = {"levels": arch.VAE_LEVELS, "latent_channels": arch.LATENT_CHANNELS}
+    return json.loads(path.read_text()).get("design", default)
+
+
 def load_vae(folder):
     """The VAE of a training run folder, or of an exported pipeline folder (``folder/vae``)."""
     folder = Path(folder)
@@ -84,7 +129,7 @@ def load_vae(folder):
         from diffusers import AutoencoderKL
 
         return AutoencoderKL.from_pretrained(folder / "vae", dtype=torch.float32).eval().requires_grad_(False)
-    vae = arch.shapes_vae()
+    vae = arch.shapes_vae(**vae_design(folder))
     state = load_checkpoint(folder, {"vae": vae})
     if state is None:
         raise FileNotFoundError(f"No VAE checkpoint in {folder}; train one with `python -m attnscope.models.train vae`.")
@@ -104,7 +149,12 @@ def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = 64):
     if path.is_file() and captions_path.is_file():
         captions = json.loads(captions_path.read_text())
         if len(captions) == size:
-            return load_file(str(path))["latents"].float(), captions
+            latents = load_file(str(path))["latents"].float()
+            channels, side = arch.latent_shape(vae)
+            if tuple(latents.shape[1:]) != (channels, side, side):
+                raise SystemExit(f"The bank in {folder} holds {tuple(latents.shape[1:])} latents, not this VAE's "
+                                 f"{(channels, side, side)}; pass a --bank-from folder made with this VAE, or none.")
+            return latents, captions
     latents, captions = [], []
     with torch.no_grad():
         for start in range(0, size, chunk):
@@ -119,6 +169,14 @@ def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = 64):
     save_file({"latents": latents.half()}, str(path))
     captions_path.write_text(json.dumps(captions))
     return latents.half().float(), captions
+
+
+def same_vae(a, b) -> bool:
+    """Whether two VAEs have the same configuration and weights (so they make the same latents)."""
+    if arch.latent_shape(a) != arch.latent_shape(b) or a.config.scaling_factor != b.config.scaling_factor:
+        return False
+    other = b.state_dict()
+    return all(torch.equal(value, other[key].to(value)) for key, value in a.state_dict().items())
 
 
 def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, args) -> int:
@@ -215,12 +273,16 @@ def main(argv=None) -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kl", type=float, default=1e-6)
+    parser.add_argument("--levels", type=int, default=arch.VAE_LEVELS,
+                        help="VAE resolutions: 2 ** (levels - 1) down-sampling (3: 16×16 latents, as shipped; 4: 8×8)")
+    parser.add_argument("--latent-channels", type=int, default=arch.LATENT_CHANNELS, help="VAE latent channels")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
     parser.add_argument("--snr-gamma", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--bank", type=int, default=24_000, help="pre-encoded training scenes (unet)")
-    parser.add_argument("--init-from", type=Path, help="exported pipeline folder to continue from (unet)")
+    parser.add_argument("--init-from", type=Path, help="exported pipeline folder to continue from (unet), or a VAE "
+                        "whose full-resolution layers start a VAE with more --levels (vae)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model == "vae":

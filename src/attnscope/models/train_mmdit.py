@@ -39,7 +39,7 @@ from ..core.tap import sdpa_arguments
 from . import repa
 from .distill import SIGMA_WINDOW, FlowTeacher
 from .checkpoint import EMA, load_checkpoint
-from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer
+from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer, same_vae
 
 
 class ZeroTokenBias(TorchFunctionMode):
@@ -135,9 +135,19 @@ def run_design(run: Path) -> dict:
     return {flag: saved.get(flag, LEGACY_DESIGN[flag]) for flag in DESIGN_FLAGS}
 
 
+def trained_latent(run: Path) -> list | None:
+    """``[channels, side]`` of the latents a run folder trains on (None for a new run; older runs used the shipped VAE)."""
+    path = Path(run) / "checkpoint.json"
+    return json.loads(path.read_text())["config"].get("latent", list(arch.SHIPPED_LATENT)) if path.is_file() else None
+
+
 def _check_same_design(run: Path, config: dict) -> None:
     """A resumed run must be built as it was started; say which flag differs instead of a tensor-size error."""
     saved = run_design(run)
+    latent = trained_latent(run)
+    if latent is not None and latent != config["latent"]:
+        raise SystemExit(f"{run} was trained on {latent[0]}-channel {latent[1]}×{latent[1]} latents; resume it with "
+                         "the --vae it was started with, or choose another --out.")
     for flag in saved:
         if saved[flag] != config[flag] and (flag != "repa" or not saved[flag] or not config[flag]):
             raise SystemExit(f"{run} was started with --{flag} {saved[flag]}, not {config[flag]}; "
@@ -162,23 +172,29 @@ def train(args) -> None:
         CLIPTokenizer.from_pretrained(source / "tokenizer").save_pretrained(args.out / "tokenizer")
     tokenizer = run_tokenizer(args.out)
     torch.manual_seed(args.seed)
-    transformer = arch.shapes_sd3_transformer(args.patch, args.heads, args.blocks)
+    transformer = arch.shapes_sd3_transformer(args.patch, args.heads, args.blocks, arch.latent_shape(vae))
     if args.zero_init:
         adaln_zero(transformer)  # a resumed or --init-from run overwrites these weights below
     encoders = clip_encoders_from(args.text_from) if args.init_from is None else exported_encoders(args.init_from)
     modules = {"transformer": transformer, "text_encoder": encoders[0], "text_encoder_2": encoders[1]}
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config["latent"] = list(arch.latent_shape(vae))
     _check_same_design(args.out, config)  # before the bank and the REPA features, which take minutes
     tap = repa.BlockTap(transformer, args.repa_block) if args.repa else nullcontext()
     bank_folder = Path(args.bank_from or args.out)
     bank, captions_bank = latent_bank(vae, bank_folder, args.seed, args.bank)
+    if args.distill and not same_vae(vae, load_vae(args.distill_from)):
+        raise SystemExit(f"--distill needs the teacher's latent space; pass --vae {args.distill_from}.")
+    repa_latents = bank  # REPA's UNet reads the scenes in its own VAE's latents: encode them anew if ours differ
+    if args.repa and not same_vae(vae, load_vae(args.repa_from)):
+        repa_latents = lambda: latent_bank(load_vae(args.repa_from), bank_folder / "repa-bank", args.seed, args.bank)[0]  # noqa: E731
     del vae
     for module in modules.values():
         module.to(device)
     params = list(transformer.parameters())
     if args.repa:
         grid = transformer.config.sample_size // transformer.config.patch_size
-        targets = repa.cached_teacher_features(bank_folder, args.repa_from, bank, captions_bank, tokenizer, grid,
+        targets = repa.cached_teacher_features(bank_folder, args.repa_from, repa_latents, captions_bank, tokenizer, grid,
                                                args.seed, device=device)
         modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1]).to(device)
         params += list(head.parameters())
@@ -209,7 +225,7 @@ def train(args) -> None:
                         max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
         ids[torch.rand(args.batch, generator=gen) < args.uncond] = empty
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))[:, None, None, None].to(device)
+        sigma = torch.sigmoid(args.sigma_mean + args.sigma_std * torch.randn(args.batch, generator=gen))[:, None, None, None].to(device)
         noisy = (1 - sigma) * x0 + sigma * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
@@ -241,8 +257,12 @@ def build_pipeline(vae_run, run):
         raise FileNotFoundError(f"No MM-DiT checkpoint in {run}.")
     vae = load_vae(vae_run)
     vae.register_to_config(shift_factor=0.0)
+    trained_on = trained_latent(run)
+    if list(arch.latent_shape(vae)) != trained_on:
+        raise SystemExit(f"{run} was trained on {trained_on[0]}×{trained_on[1]}×{trained_on[1]} latents, but the VAE in "
+                         f"{vae_run} makes {arch.latent_shape(vae)}; pass the --vae the run was trained with.")
     tokenizer = run_tokenizer(run)
-    transformer = arch.shapes_sd3_transformer(design["patch"], design["heads"], design["blocks"])
+    transformer = arch.shapes_sd3_transformer(design["patch"], design["heads"], design["blocks"], arch.latent_shape(vae))
     encoders = [arch.shapes_sd3_text_encoder(len(tokenizer)) for _ in range(2)]
     state = load_checkpoint(run, {"transformer": transformer, "text_encoder": encoders[0],
                                   "text_encoder_2": encoders[1]}, use_ema=True)
@@ -275,8 +295,11 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--cooldown", type=float, default=0.0,
                         help="fraction of --steps over which the learning rate decays linearly to 0 at the end (needs --steps)")
+    parser.add_argument("--sigma-mean", type=float, default=0.0,
+                        help="location of the logit-normal σ distribution (SD3's m; 0.4 puts more samples at σ 0.4–0.8, see docs/models.md)")
+    parser.add_argument("--sigma-std", type=float, default=1.0, help="scale of the logit-normal σ distribution (SD3's s)")
     parser.add_argument("--device", default="cpu", help="torch device to train on (batches are drawn on the CPU, so runs match across devices)")
-    parser.add_argument("--patch", type=int, default=arch.SD3_PATCH, help="latent pixels per image token (1: 16×16 tokens, 2: 8×8)")
+    parser.add_argument("--patch", type=int, default=arch.SD3_PATCH, help="latent pixels per image token (on the shipped VAE's 16×16 latents, 1: 16×16 tokens, 2: 8×8)")
     parser.add_argument("--heads", type=int, default=arch.SD3_HEADS, help=f"attention heads of width {arch.SD3_HEAD_DIM}")
     parser.add_argument("--blocks", type=int, default=arch.SD3_BLOCKS, help="joint-attention blocks")
     parser.add_argument("--repa", type=float, default=0.5, help="weight of the REPA alignment loss (0: off; 0.5 as in REPA's paper)")
@@ -295,6 +318,8 @@ def main(argv=None) -> None:
         parser.error("--cooldown needs --steps, the run's planned total, to know where the decay ends")
     if not 0 <= args.cooldown <= 1:
         parser.error(f"--cooldown is a fraction of --steps in [0, 1], not {args.cooldown}")
+    if args.sigma_std <= 0:
+        parser.error(f"--sigma-std is the spread of the logit-normal σ distribution and must be positive, not {args.sigma_std}")
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill is the teacher's share of the target in [0, 1], not {args.distill}")
     torch.set_num_threads(args.threads)

@@ -1,0 +1,131 @@
+"""Which noise levels does the MM-DiT get wrong? Sample with the UNet above a switch level σ_s and the
+MM-DiT below it (and the other way round), and score every mix with the quality gate.
+
+Both shipped models share one VAE, so one Euler flow sampler can ask either for the velocity at
+any step: the MM-DiT directly, the UNet through its ε̂ read as a flow velocity (``distill.py``;
+above its last training timestep, σ ≳ 0.94, through its ``x̂_0`` at that timestep). Each model keeps
+its own guidance scale. If UNet-then-MM-DiT passes far more often than MM-DiT-then-UNet, the
+MM-DiT fails at laying out the scene (high σ); the other way round, at drawing it (low σ).
+
+    python benchmarks/hybrid_sampling.py --n 60
+
+Prints a Markdown table of the gate for each switch level and order.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+
+class UNetVelocity:
+    """The UNet's classifier-free-guided velocity at flow level σ (any σ in (0, 1])."""
+
+    def __init__(self, folder, tokenizer, guidance: float):
+        from attnscope.models.distill import FlowTeacher
+
+        self.teacher, self.tokenizer, self.guidance = FlowTeacher(folder, tokenizer, window=(0.0, 1.0)), tokenizer, guidance
+
+    def prepare(self, captions):
+        from attnscope.models import architectures as arch
+
+        ids = self.tokenizer(captions + [""] * len(captions), padding="max_length", max_length=arch.MAX_TOKENS,
+                             truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            self.context = self.teacher.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def __call__(self, x, sigma: float):
+        from attnscope.models.distill import ddpm_timestep
+
+        alphas = self.teacher.alphas_cumprod
+        level = torch.tensor([sigma])
+        timestep, valid = ddpm_timestep(alphas, level)
+        alpha_bar = (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma ** 2) if valid else float(alphas[-1])
+        scaled = x / ((1 - sigma) ** 2 + sigma ** 2) ** 0.5
+        both = torch.cat([scaled, scaled])
+        eps = self.teacher.unet(both, timestep.expand(len(both)), encoder_hidden_states=self.context).sample
+        cond, uncond = eps.chunk(2)
+        eps = uncond + self.guidance * (cond - uncond)
+        x0 = (scaled - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar ** 0.5
+        return (x - x0) / sigma
+
+
+class MMDiTVelocity:
+    """The MM-DiT's guided velocity, through the stock SD3 pipeline's own prompt encoding."""
+
+    def __init__(self, pipe, guidance: float):
+        self.pipe, self.guidance = pipe, guidance
+
+    def prepare(self, captions):
+        with torch.no_grad():
+            embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
+                captions, captions, captions, negative_prompt=[""] * len(captions), do_classifier_free_guidance=True)
+        self.context, self.pooled = torch.cat([embeds, negative]), torch.cat([pooled, negative_pooled])
+
+    @torch.no_grad()
+    def __call__(self, x, sigma: float):
+        both = torch.cat([x, x])
+        v = self.pipe.transformer(both, encoder_hidden_states=self.context, pooled_projections=self.pooled,
+                                  timestep=torch.full((len(both),), sigma * 1000)).sample
+        cond, uncond = v.chunk(2)
+        return uncond + self.guidance * (cond - uncond)
+
+
+def sample(models: dict, order: str, switch: float, noise, steps: int):
+    """Euler steps on SD3's σ grid (shift 1); ``order`` says which model runs above ``switch``."""
+    first, second = order.split("-then-")
+    sigmas = list(np.linspace(1.0, 1 / 1000, steps)) + [0.0]
+    x = noise.clone()
+    for sigma, following in zip(sigmas[:-1], sigmas[1:]):
+        model = models[first] if sigma > switch else models[second]
+        x = x + (following - sigma) * model(x, float(sigma))
+    return x
+
+
+def main(argv=None) -> None:
+    from diffusers import DiffusionPipeline
+
+    from attnscope.datasets.detect import detect, matches_caption
+    from attnscope.datasets.shapes import make_scenes
+    from attnscope.models import WEIGHTS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mmdit", default=str(WEIGHTS / "shapes-mmdit"))
+    parser.add_argument("--unet", default=str(WEIGHTS / "shapes-unet"))
+    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--switches", type=float, nargs="+", default=[0.8, 0.6, 0.4, 0.2])
+    parser.add_argument("--batch", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    pipe = DiffusionPipeline.from_pretrained(args.mmdit, text_encoder_3=None, tokenizer_3=None)
+    if pipe.vae.config.shift_factor not in (None, 0.0):
+        raise SystemExit("This check assumes the MM-DiT's VAE has no shift factor, like the shipped one.")
+    models = {"unet": UNetVelocity(args.unet, pipe.tokenizer, 7.5), "mmdit": MMDiTVelocity(pipe, 7.0)}
+    scenes = make_scenes(0, args.n, split="test", size=64)
+    noise = torch.randn((args.n, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    runs = [("mmdit-then-unet", 0.0), ("unet-then-mmdit", 0.0)]
+    runs += [(order, s) for s in args.switches for order in ("unet-then-mmdit", "mmdit-then-unet")]
+    print(f"{args.n} test-split captions, {args.steps} Euler steps, guidance UNet 7.5 / MM-DiT 7\n")
+    print("| above σ_s | below σ_s | σ_s | gate |\n|---|---|---|---|")
+    for order, switch in runs:
+        passed = 0
+        for start in range(0, args.n, args.batch):
+            part = scenes[start:start + args.batch]
+            for model in models.values():
+                model.prepare([s.caption for s in part])
+            latents = sample(models, order, switch, noise[start:start + len(part)], args.steps)
+            with torch.no_grad():
+                images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+            pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+            passed += sum(matches_caption(detect(p), s.objects) for p, s in zip(pixels, part))
+        first, second = order.split("-then-")
+        label = (first, second, f"{switch:.1f}") if switch > 0 else (first, "—", "0")
+        print(f"| {label[0]} | {label[1]} | {label[2]} | {100 * passed / args.n:.1f} % |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
