@@ -4,8 +4,9 @@
     python -m attnscope.models.train_mmdit ... --steps 8541 --cooldown 0.3 --device cuda   # decay the rate over the last 30 %
 
 Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer predicts ``ε - x_0``,
-σ drawn logit-normal; DiT's adaLN-Zero initialisation; a REPA alignment loss towards the shipped
-UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md). ``--distill``
+σ drawn logit-normal (``--sigma-mean/--sigma-std``; the shipped run draws more σ in 0.4–0.8,
+where hybrid sampling found the MM-DiT failing, docs/models.md); DiT's adaLN-Zero initialisation;
+a REPA alignment loss towards the shipped UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md). ``--distill``
 regresses on the UNet's denoiser instead of the data target (``distill.py``; lower loss at equal
 steps, but its extra pass made it worse at equal time on a CPU). Like SD3, which starts from
 pretrained CLIP encoders, the text side is pretrained and frozen: both CLIP encoders are made from
