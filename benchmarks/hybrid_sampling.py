@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     from diffusers import DiffusionPipeline
 
     from attnscope.datasets.detect import detect, matches_caption
-    from attnscope.datasets.shapes import make_scenes
+    from attnscope.datasets.shapes import make_scenes, tensor_pixels
     from attnscope.models import WEIGHTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,8 +120,7 @@ def main(argv=None) -> None:
             latents = sample(models, order, switch, noise[start:start + len(part)], args.steps)
             with torch.no_grad():
                 images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-            pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-            passed += sum(matches_caption(detect(p), s.objects) for p, s in zip(pixels, part))
+            passed += sum(matches_caption(detect(p), s.objects) for p, s in zip(tensor_pixels(images), part))
         first, second = order.split("-then-")
         label = (first, second, f"{switch:.1f}") if switch > 0 else (first, "—", "0")
         print(f"| {label[0]} | {label[1]} | {label[2]} | {100 * passed / args.n:.1f} % |", flush=True)

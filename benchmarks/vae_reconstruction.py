@@ -21,16 +21,15 @@ import torch
 
 def reconstruction_scores(vae, scenes, chunk: int = 64) -> dict:
     from attnscope.datasets.detect import detect, matches_caption
+    from attnscope.datasets.shapes import scene_tensor, tensor_pixels
     from attnscope.models import architectures as arch
 
     errors, passed, by_shape = [], [], defaultdict(list)
     with torch.no_grad():
         for start in range(0, len(scenes), chunk):
             part = scenes[start:start + chunk]
-            images = torch.from_numpy(np.stack([s.image for s in part])).permute(0, 3, 1, 2).float() / 127.5 - 1
-            recon = vae.decode(vae.encode(images).latent_dist.mean).sample
-            pixels = ((recon.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-            for scene, image in zip(part, pixels):
+            recon = vae.decode(vae.encode(scene_tensor(part)).latent_dist.mean).sample
+            for scene, image in zip(part, tensor_pixels(recon)):
                 errors.append(np.abs(image.astype(float) - scene.image.astype(float)).mean())
                 ok = matches_caption(detect(image), scene.objects)
                 passed.append(ok)

@@ -340,6 +340,23 @@ def make_scenes(seed: int, n: int, *, split: str = "train", **kw) -> list[Scene]
     return list(scene_stream(seed, n, split=split, **kw))
 
 
+def scene_tensor(scenes):
+    """The scenes' images as a float ``(B, 3, H, W)`` torch tensor in [-1, 1], the range VAEs take.
+
+    Example:
+        >>> scene_tensor(make_scenes(0, 2)).shape
+        torch.Size([2, 3, 64, 64])
+    """
+    import torch
+
+    return torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tensor_pixels(images) -> np.ndarray:
+    """The inverse of :func:`scene_tensor`: ``(B, 3, H, W)`` in [-1, 1] to ``(B, H, W, 3)`` uint8, clamped and rounded."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
+
+
 def vocabulary() -> list[str]:
     """Sorted list of every word any caption may contain.
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..datasets.detect import detect, masks_for_words, matches_caption
+from ..datasets.shapes import scene_tensor
 from . import metrics
 from .methods import get_method
 
@@ -108,7 +109,7 @@ def run_real(pipe, scenes, methods, noise=0.5, draws=1, batch=25, seed=0, progre
     t_index = int(round(noise * (pipe.scheduler.config.num_train_timesteps - 1)))
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
-        pixels = torch.from_numpy(np.stack([s.image for s in chunk])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        pixels = scene_tensor(chunk)
         with torch.no_grad():
             latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mean * scale
         with attnscope.trace(pipe, cfg=False) as tc:

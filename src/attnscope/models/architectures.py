@@ -18,8 +18,8 @@ IMAGE_SIZE = 64
 LATENT_CHANNELS = 4
 VAE_LEVELS = 3  # 2 ** (levels - 1) = 4× down-sampling: 64×64 images ↔ 16×16 latents
 TEXT_WIDTH = 128
-#: (channels, side) of the shipped VAE's latents
-SHIPPED_LATENT = (LATENT_CHANNELS, IMAGE_SIZE // 2 ** (VAE_LEVELS - 1))
+#: (channels, side) of the shipped VAE's latents: each VAE level after the first halves the side
+SHIPPED_LATENT = (LATENT_CHANNELS, IMAGE_SIZE >> (VAE_LEVELS - 1))
 MAX_TOKENS = 24  # the longest ShapesWorld caption is 16 words; 24 leaves room for BOS/EOS
 
 
@@ -51,7 +51,7 @@ def shapes_vae(levels: int = VAE_LEVELS, latent_channels: int = LATENT_CHANNELS)
 
 def latent_shape(vae) -> tuple[int, int]:
     """``(channels, side)`` of the latents a VAE makes from an ``IMAGE_SIZE`` image."""
-    return vae.config.latent_channels, IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    return vae.config.latent_channels, IMAGE_SIZE >> (len(vae.config.block_out_channels) - 1)
 
 
 def clip_text_config(vocab_size: int, width: int):

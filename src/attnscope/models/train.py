@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets.shapes import make_scene
+from ..datasets.shapes import make_scene, scene_tensor
 from . import architectures as arch
 from .checkpoint import EMA, load_checkpoint, save_checkpoint
 
@@ -33,8 +33,7 @@ def scene_batch(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE):
     """Images in [-1, 1] ``(B, 3, H, W)`` and captions for training step ``step``."""
     rng = np.random.default_rng([seed, step])
     scenes = [make_scene(rng, size=size) for _ in range(batch)]
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return images, [s.caption for s in scenes]
+    return scene_tensor(scenes), [s.caption for s in scenes]
 
 
 def lr_at(step: int, base: float, warmup: int) -> float:

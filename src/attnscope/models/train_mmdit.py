@@ -187,8 +187,9 @@ def train(args) -> None:
     if args.distill and not same_vae(vae, load_vae(args.distill_from)):
         raise SystemExit(f"--distill needs the teacher's latent space; pass --vae {args.distill_from}.")
     repa_latents = bank  # REPA's UNet reads the scenes in its own VAE's latents: encode them anew if ours differ
-    if args.repa and not same_vae(vae, load_vae(args.repa_from)):
-        repa_latents = lambda: latent_bank(load_vae(args.repa_from), bank_folder / "repa-bank", args.seed, args.bank)[0]  # noqa: E731
+    repa_vae = load_vae(args.repa_from) if args.repa else None
+    if repa_vae is not None and not same_vae(vae, repa_vae):
+        repa_latents = lambda: latent_bank(repa_vae, bank_folder / "repa-bank", args.seed, args.bank)[0]  # noqa: E731
     del vae
     for module in modules.values():
         module.to(device)
@@ -297,7 +298,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cooldown", type=float, default=0.0,
                         help="fraction of --steps over which the learning rate decays linearly to 0 at the end (needs --steps)")
     parser.add_argument("--sigma-mean", type=float, default=0.0,
-                        help="location of the logit-normal σ distribution (SD3's m; 0.4 puts more samples at σ 0.4–0.8, see docs/models.md)")
+                        help="location of the logit-normal σ distribution (SD3's m; the shipped run: 0.3 with --sigma-std 0.8, more samples at σ 0.4–0.8, docs/models.md)")
     parser.add_argument("--sigma-std", type=float, default=1.0, help="scale of the logit-normal σ distribution (SD3's s)")
     parser.add_argument("--device", default="cpu", help="torch device to train on (batches are drawn on the CPU, so runs match across devices)")
     parser.add_argument("--patch", type=int, default=arch.SD3_PATCH, help="latent pixels per image token (on the shipped VAE's 16×16 latents, 1: 16×16 tokens, 2: 8×8)")
