@@ -181,7 +181,8 @@ def test_cooldown_is_flat_then_linear_to_zero():
 @pytest.mark.parametrize("extra, message", [(["--cooldown", "0.3"], "needs --steps"),
                                             (["--cooldown", "1.5", "--steps", "10"], r"in \[0, 1\]"),
                                             (["--distill", "2"], r"teacher's share .* in \[0, 1\]"),
-                                            (["--sigma-std", "0"], "must be positive")])
+                                            (["--sigma-std", "0"], "must be positive"),
+                                            (["--input-perturbation", "-0.1"], "0 \\(off\\) or positive")])
 def test_training_arguments_are_checked(tmp_path, capsys, extra, message):
     from attnscope.models.train_mmdit import main as mmdit_main
 
@@ -189,6 +190,22 @@ def test_training_arguments_are_checked(tmp_path, capsys, extra, message):
         mmdit_main(["--vae", str(tmp_path), "--out", str(tmp_path / "run")] + extra)
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_input_perturbation_moves_only_the_input():
+    """γ = 0 is the plain flow path and draws nothing; γ > 0 adds noise of scale σγ to the input only."""
+    from attnscope.models.train_mmdit import noised_input
+
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 16, 16, generator=gen), torch.randn(4, 4, 16, 16, generator=gen)
+    sigma = torch.tensor([0.1, 0.4, 0.7, 1.0])[:, None, None, None]
+    plain_gen = torch.Generator().manual_seed(1)
+    plain = noised_input(x0, noise, sigma, 0.0, plain_gen)
+    torch.testing.assert_close(plain, (1 - sigma) * x0 + sigma * noise, rtol=0, atol=0)
+    assert torch.equal(plain_gen.get_state(), torch.Generator().manual_seed(1).get_state())
+    perturbed = noised_input(x0, noise, sigma, 0.1, torch.Generator().manual_seed(1))
+    extra = (perturbed - plain) / sigma
+    assert 0.09 < extra.std().item() < 0.11 and abs(extra.mean().item()) < 0.01
 
 
 def test_mmdit_on_its_own_8x8_vae_trains_with_repa_and_refuses_mixed_latents(tmp_path):

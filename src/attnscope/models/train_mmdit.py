@@ -228,7 +228,7 @@ def train(args) -> None:
         ids[torch.rand(args.batch, generator=gen) < args.uncond] = empty
         noise = torch.randn(x0.shape, generator=gen).to(device)
         sigma = torch.sigmoid(args.sigma_mean + args.sigma_std * torch.randn(args.batch, generator=gen))[:, None, None, None].to(device)
-        noisy = (1 - sigma) * x0 + sigma * noise
+        noisy = noised_input(x0, noise, sigma, args.input_perturbation, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
         with torch.no_grad():
@@ -248,6 +248,20 @@ def train(args) -> None:
             state.setdefault("flow_log", []).append([step + 1, round(flow_loss.item(), 5)])
         step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
     _save(args.out, modules, opt, state, step, start, emas)
+
+
+def noised_input(x0, noise, sigma, perturbation: float = 0.0, generator=None):
+    """The training input ``(1 - σ) x_0 + σ (ε + γ ξ)``; the target stays ``ε - x_0``.
+
+    γ > 0 is input perturbation (Ning et al., 2023): the model learns to denoise inputs a little
+    off the path it is asked to follow, as its own sampled images are, against exposure bias.
+    γ = 0 draws nothing, so the random stream of a run without it is unchanged.
+
+        noisy = noised_input(x0, torch.randn_like(x0), torch.full((len(x0), 1, 1, 1), 0.5), 0.1)
+    """
+    if perturbation:
+        noise = noise + perturbation * torch.randn(x0.shape, generator=generator).to(noise.device)
+    return (1 - sigma) * x0 + sigma * noise
 
 
 def build_pipeline(vae_run, run):
@@ -300,6 +314,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sigma-mean", type=float, default=0.0,
                         help="location of the logit-normal σ distribution (SD3's m; the shipped run: 0.3 with --sigma-std 0.8, more samples at σ 0.4–0.8, docs/models.md)")
     parser.add_argument("--sigma-std", type=float, default=1.0, help="scale of the logit-normal σ distribution (SD3's s)")
+    parser.add_argument("--input-perturbation", type=float, default=0.0, metavar="GAMMA",
+                        help="extra input noise γ against exposure bias (Ning et al. 2023 use 0.1; 0: off; see noised_input)")
     parser.add_argument("--device", default="cpu", help="torch device to train on (batches are drawn on the CPU, so runs match across devices)")
     parser.add_argument("--patch", type=int, default=arch.SD3_PATCH, help="latent pixels per image token (on the shipped VAE's 16×16 latents, 1: 16×16 tokens, 2: 8×8)")
     parser.add_argument("--heads", type=int, default=arch.SD3_HEADS, help=f"attention heads of width {arch.SD3_HEAD_DIM}")
@@ -320,6 +336,8 @@ def main(argv=None) -> None:
         parser.error("--cooldown needs --steps, the run's planned total, to know where the decay ends")
     if not 0 <= args.cooldown <= 1:
         parser.error(f"--cooldown is a fraction of --steps in [0, 1], not {args.cooldown}")
+    if args.input_perturbation < 0:
+        parser.error(f"--input-perturbation is a noise scale γ and must be 0 (off) or positive, not {args.input_perturbation}")
     if args.sigma_std <= 0:
         parser.error(f"--sigma-std is the spread of the logit-normal σ distribution and must be positive, not {args.sigma_std}")
     if not 0 <= args.distill <= 1:
