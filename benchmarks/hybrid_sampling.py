@@ -103,21 +103,23 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance-schedules", nargs="+", metavar="HIGH:LOW:SWITCH",
                         help="instead of mixing models, sample the MM-DiT alone with guidance HIGH above σ SWITCH and LOW below")
     args = parser.parse_args(argv)
+    schedules = [_parse_schedule(text) for text in args.guidance_schedules or []]  # refuse a typo before loading
     torch.set_num_threads(2)
     pipe = DiffusionPipeline.from_pretrained(args.mmdit, text_encoder_3=None, tokenizer_3=None)
     if pipe.vae.config.shift_factor not in (None, 0.0):
         raise SystemExit("This check assumes the MM-DiT's VAE has no shift factor, like the shipped one.")
     scenes = make_scenes(0, args.n, split="test", size=64)
     noise = torch.randn((args.n, 4, 16, 16), generator=torch.Generator().manual_seed(0))
-    if args.guidance_schedules:
-        plans = [_guidance_plan(pipe, text) for text in args.guidance_schedules]
+    if schedules:
+        plans = [({"high": MMDiTVelocity(pipe, high), "low": MMDiTVelocity(pipe, low)}, "high-then-low", switch,
+                  (f"{high:g}", f"{low:g}" if switch > 0 else "—", f"{switch:g}")) for high, low, switch in schedules]
         print(f"{args.n} test-split captions, {args.steps} Euler steps, the MM-DiT alone\n")
         print("| guidance above σ_s | below σ_s | σ_s | gate |\n|---|---|---|---|")
     else:
         models = {"unet": UNetVelocity(args.unet, pipe.tokenizer, 7.5), "mmdit": MMDiTVelocity(pipe, 7.0)}
         runs = [("mmdit-then-unet", 0.0), ("unet-then-mmdit", 0.0)]
         runs += [(order, s) for s in args.switches for order in ("unet-then-mmdit", "mmdit-then-unet")]
-        plans = [(models, order, switch, None) for order, switch in runs]
+        plans = [(models, order, switch, _mix_label(order, switch)) for order, switch in runs]
         print(f"{args.n} test-split captions, {args.steps} Euler steps, guidance UNet 7.5 / MM-DiT 7\n")
         print("| above σ_s | below σ_s | σ_s | gate |\n|---|---|---|---|")
     for models, order, switch, label in plans:
@@ -130,20 +132,22 @@ def main(argv=None) -> None:
             with torch.no_grad():
                 images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
             passed += sum(matches_caption(detect(p), s.objects) for p, s in zip(tensor_pixels(images), part))
-        first, second = order.split("-then-")
-        if label is None:
-            label = (first, second, f"{switch:.1f}") if switch > 0 else (first, "—", "0")
         print(f"| {label[0]} | {label[1]} | {label[2]} | {100 * passed / args.n:.1f} % |", flush=True)
 
 
-def _guidance_plan(pipe, text: str):
-    """``"10:4:0.4"`` → the MM-DiT at guidance 10 above σ 0.4 and at 4 below, as a two-model plan."""
+def _mix_label(order: str, switch: float) -> tuple:
+    """Table cells for a model mix: ``("unet", "mmdit", "0.4")``; one model throughout when ``switch`` is 0."""
+    first, second = order.split("-then-")
+    return (first, second, f"{switch:.1f}") if switch > 0 else (first, "—", "0")
+
+
+def _parse_schedule(text: str) -> tuple:
+    """``"10:4:0.4"`` → ``(10.0, 4.0, 0.4)``: guidance 10 above σ 0.4 and 4 below."""
     try:
         high, low, switch = (float(part) for part in text.split(":"))
     except ValueError:
         raise SystemExit(f"--guidance-schedules takes HIGH:LOW:SWITCH, e.g. 10:4:0.4 (got {text!r}).") from None
-    models = {"high": MMDiTVelocity(pipe, high), "low": MMDiTVelocity(pipe, low)}
-    return models, "high-then-low", switch, (f"{high:g}", f"{low:g}" if switch > 0 else "—", f"{switch:g}")
+    return high, low, switch
 
 
 if __name__ == "__main__":
