@@ -51,6 +51,27 @@ def test_clip_encoders_reuse_the_unet_text_encoder():
             assert not any(p.requires_grad for p in encoder.parameters())
 
 
+def test_cached_caption_features_equal_encoding_each_batch():
+    """Training indexes features computed once; each row equals encoding that caption in a step's batch."""
+    from transformers import CLIPTokenizer
+
+    from attnscope.models import WEIGHTS
+    from attnscope.models.train_mmdit import caption_features, clip_encoders_from, encode
+
+    folder = WEIGHTS / "shapes-unet"
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    encoders = clip_encoders_from(folder)
+    captions = ["a red circle", "a small blue star below a large green cross", "an image of a cyan square"]
+    context, pooled = caption_features(encoders, tokenizer, captions, batch=2)  # two chunks
+    assert context.shape == (len(captions) + 1, arch.MAX_TOKENS + 1, 2 * arch.SD3_CLIP_WIDTH)
+    with torch.no_grad():
+        step_batch = [captions[2], "", captions[0]]
+        expected_context, expected_pooled = encode(encoders, arch.token_ids(tokenizer, step_batch))
+    rows = torch.tensor([2, len(captions), 0])  # the last row is the empty caption of a dropped one
+    torch.testing.assert_close(context[rows], expected_context)
+    torch.testing.assert_close(pooled[rows], expected_pooled)
+
+
 def test_clip_encoders_refuse_a_foreign_text_encoder(tmp_path):
     from attnscope.models.train_mmdit import clip_encoders_from
 

@@ -30,6 +30,15 @@ def shapes_tokenizer():
     return word_bpe_tokenizer(vocabulary(), max_length=MAX_TOKENS)
 
 
+def token_ids(tokenizer, captions: list[str]):
+    """Token ids padded to ``MAX_TOKENS``, as every ShapesWorld model reads its captions.
+
+        ids = token_ids(shapes_tokenizer(), ["a red circle", ""])   # (2, 24)
+    """
+    return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 def shapes_vae(levels: int = VAE_LEVELS, latent_channels: int = LATENT_CHANNELS):
     """The ShapesWorld VAE: ``levels`` resolutions (2 ** (levels - 1) down-sampling), ``latent_channels`` deep.
 

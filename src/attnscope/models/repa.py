@@ -70,8 +70,7 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
         with torch.no_grad():
             for start in range(0, len(latents), chunk):
                 x0 = latents[start:start + chunk]
-                ids = tokenizer(captions[start:start + chunk], padding="max_length", max_length=arch.MAX_TOKENS,
-                                truncation=True, return_tensors="pt").input_ids
+                ids = arch.token_ids(tokenizer, captions[start:start + chunk])
                 noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + start))
                 noisy = (alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise).to(device)
                 unet(noisy, FEATURE_TIMESTEP, encoder_hidden_states=text_encoder(ids.to(device))[0])

@@ -239,12 +239,12 @@ def train_unet(args) -> None:
     state = state or {"step": 0, "seconds": 0.0, "log": [], "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     bank, bank_captions = latent_bank(vae, Path(args.out), args.seed, args.bank)
     start, step = time.time(), state["step"]
-    empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    empty = arch.token_ids(tokenizer, [""])
     while step < args.steps and time.time() - start < args.minutes * 60:
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         index = torch.randint(0, len(bank_captions), (args.batch,), generator=gen)
         latents, captions = bank[index], [bank_captions[i] for i in index.tolist()]
-        ids = tokenizer(captions, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+        ids = arch.token_ids(tokenizer, captions)
         drop = torch.rand(len(captions), generator=gen) < args.uncond
         ids[drop] = empty
         noise = torch.randn(latents.shape, generator=gen)

@@ -10,7 +10,8 @@ a REPA alignment loss towards the shipped UNet's features (``repa.py``; most of 
 regresses on the UNet's denoiser instead of the data target (``distill.py``; lower loss at equal
 steps, but its extra pass made it worse at equal time on a CPU). Like SD3, which starts from
 pretrained CLIP encoders, the text side is pretrained and frozen: both CLIP encoders are made from
-the shipped UNet's text encoder (``--text-from``); only the transformer trains.
+the shipped UNet's text encoder (``--text-from``); only the transformer trains, and the text
+features of every bank caption are computed once when a run starts (``caption_features``).
 There is no T5.
 
 Without T5, diffusers' SD3 pipeline appends 256 all-zero tokens to the prompt. SD3 text tokens
@@ -70,6 +71,26 @@ def encode(encoders, ids: torch.Tensor):
     context = torch.cat(hidden, dim=-1)
     zero = torch.zeros_like(context[:, :1])
     return torch.cat([context, zero], dim=1), torch.cat(pooled, dim=-1)
+
+
+@torch.no_grad()
+def caption_features(encoders, tokenizer, captions: list[str], device="cpu", batch: int = 500):
+    """The frozen text side's output for every caption, once, plus the empty caption in the last row.
+
+    The encoders do not train, so a step indexes these rows instead of tokenising and encoding
+    its batch (about a tenth of a CPU step; ``benchmarks/mmdit_step.py``). Kept on the CPU, like
+    the latent bank.
+
+        context, pooled = caption_features(encoders, tokenizer, ["a red circle", "a blue star"])
+        context.shape, pooled.shape   # (3, 25, 256), (3, 256)
+    """
+    texts = list(captions) + [""]
+    contexts, pooleds = [], []
+    for start in range(0, len(texts), batch):
+        context, pooled = encode(encoders, arch.token_ids(tokenizer, texts[start:start + batch]).to(device))
+        contexts.append(context.cpu())
+        pooleds.append(pooled.cpu())
+    return torch.cat(contexts), torch.cat(pooleds)
 
 
 def clip_encoders_from(folder: Path) -> list:
@@ -214,7 +235,7 @@ def train(args) -> None:
         done = json.loads((args.init_from / "attnscope_defaults.json").read_text()).get("trained_steps", 0)
         state = {"step": done, "seconds": 0.0, "log": [], "config": config, "init_from": str(args.init_from)}
     state = state or {"step": 0, "seconds": 0.0, "log": [], "config": config}
-    empty = tokenizer([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    text_context, text_pooled = caption_features(encoders, tokenizer, captions_bank, device)
     start, step = time.time(), state["step"]
     if args.steps <= step:
         print(f"{args.out} has already trained {step} of --steps {args.steps}.", flush=True)
@@ -223,18 +244,18 @@ def train(args) -> None:
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         index = torch.randint(0, len(captions_bank), (args.batch,), generator=gen)
         x0 = bank[index].to(device)
-        ids = tokenizer([captions_bank[i] for i in index.tolist()], padding="max_length",
-                        max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
-        ids[torch.rand(args.batch, generator=gen) < args.uncond] = empty
+        dropped = torch.rand(args.batch, generator=gen) < args.uncond
+        rows = torch.where(dropped, len(captions_bank), index)  # the last row holds the empty caption
+        context, pooled = text_context[rows].to(device), text_pooled[rows].to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         sigma = torch.sigmoid(args.sigma_mean + args.sigma_std * torch.randn(args.batch, generator=gen))[:, None, None, None].to(device)
         noisy = noised_input(x0, noise, sigma, args.input_perturbation, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
-        with torch.no_grad():
-            context, pooled = encode(encoders, ids.to(device))
         target = flow_target = noise - x0
         if teacher is not None:  # outside the zero-token mode: the UNet has no zero token
+            ids = arch.token_ids(tokenizer, [captions_bank[i] for i in index.tolist()])
+            ids[dropped] = arch.token_ids(tokenizer, [""])
             velocity, valid = teacher.velocity(noisy, sigma, ids)
             target = flow_target + args.distill * valid[:, None, None, None] * (velocity - flow_target)
         with bias, tap:
