@@ -32,8 +32,7 @@ class UNetVelocity:
     def prepare(self, captions):
         from attnscope.models import architectures as arch
 
-        ids = self.tokenizer(captions + [""] * len(captions), padding="max_length", max_length=arch.MAX_TOKENS,
-                             truncation=True, return_tensors="pt").input_ids
+        ids = arch.token_ids(self.tokenizer, captions + [""] * len(captions))
         with torch.no_grad():
             self.context = self.teacher.text_encoder(ids)[0]
 

@@ -48,8 +48,7 @@ def main(argv=None) -> None:
     index = torch.randint(0, len(captions), (args.n,), generator=gen)
     x0 = bank[index]
     noise = torch.randn(x0.shape, generator=gen)
-    ids = tokenizer([captions[i] for i in index.tolist()], padding="max_length", max_length=arch.MAX_TOKENS,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = arch.token_ids(tokenizer, [captions[i] for i in index.tolist()])
     with torch.no_grad(), train_mmdit.ZeroTokenBias(arch.SD3_ZERO_TOKENS):
         context, pooled = train_mmdit.encode(encoders, ids)
     rows = ["| σ | teacher (UNet) | student (MM-DiT) | teacher − student | teacher in schedule |", "|---|---|---|---|---|"]

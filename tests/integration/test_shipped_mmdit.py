@@ -42,7 +42,7 @@ def test_inference_matches_the_training_shortcut(pipe):
     from attnscope.models import architectures as arch
     from attnscope.models.train_mmdit import ZeroTokenBias, encode
 
-    ids = pipe.tokenizer(["a blue star"], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    ids = arch.token_ids(pipe.tokenizer, ["a blue star"])
     latents = torch.randn(1, arch.LATENT_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([500.0])
     with torch.no_grad():

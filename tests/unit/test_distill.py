@@ -51,7 +51,7 @@ def test_teacher_runs_the_unet_on_the_matching_ddpm_sample():
     steps = torch.tensor([200, 700])
     sigma = _sigma_of(scheduler.alphas_cumprod[steps].double()).float()[:, None, None, None]
     noisy = (1 - sigma) * x0 + sigma * noise
-    ids = tokenizer(["a red circle", ""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    ids = arch.token_ids(tokenizer, ["a red circle", ""])
     velocity, valid = teacher.velocity(noisy, sigma, ids)
     with torch.no_grad():
         epsilon = teacher.unet(scheduler.add_noise(x0, noise, steps), steps,

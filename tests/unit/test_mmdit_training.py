@@ -29,7 +29,7 @@ def _ids(folder, caption):
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    return tokenizer([caption], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    return arch.token_ids(tokenizer, [caption])
 
 
 def test_clip_encoders_reuse_the_unet_text_encoder():

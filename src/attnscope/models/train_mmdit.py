@@ -222,6 +222,7 @@ def train(args) -> None:
         modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1]).to(device)
         params += list(head.parameters())
     teacher = FlowTeacher(args.distill_from, tokenizer, device, tuple(args.distill_sigmas)) if args.distill else None
+    empty_ids = arch.token_ids(tokenizer, [""])  # the teacher reads token ids, not the cached features
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"transformer": EMA(transformer, args.ema)}
     state = load_checkpoint(args.out, modules, opt, emas)
@@ -255,7 +256,7 @@ def train(args) -> None:
         target = flow_target = noise - x0
         if teacher is not None:  # outside the zero-token mode: the UNet has no zero token
             ids = arch.token_ids(tokenizer, [captions_bank[i] for i in index.tolist()])
-            ids[dropped] = arch.token_ids(tokenizer, [""])
+            ids[dropped] = empty_ids
             velocity, valid = teacher.velocity(noisy, sigma, ids)
             target = flow_target + args.distill * valid[:, None, None, None] * (velocity - flow_target)
         with bias, tap:
