@@ -69,4 +69,13 @@ def test_eval_gate_only(tmp_path):
 
     out = tmp_path / "gate"
     assert main(["eval", "--model", str(MODEL), "--methods", "--n", "2", "--steps", "2", "--out", str(out)]) == 0
-    assert 0.0 <= json.loads((out / "results.json").read_text())["quality_gate"] <= 1.0
+    results = json.loads((out / "results.json").read_text())
+    passed = [record["match"] for record in results["per_image"]]
+    assert len(passed) == 2 and results["quality_gate"] == sum(passed) / 2
+    assert "per_image" not in (out / "results.md").read_text()
+
+    from attnscope.eval.compare import compare_gates, load_gate
+
+    same = compare_gates(load_gate(out), load_gate(out))  # a gate against itself: no discordant image
+    assert same.only_first == same.only_second == 0 and same.p_value == 1.0
+    assert same.first_rate == same.second_rate == results["quality_gate"]

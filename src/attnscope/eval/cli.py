@@ -82,7 +82,8 @@ def cmd_eval(args) -> int:
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
                       quality_by_objects=_pass_rates(records, lambda r: [r["n_objects"]]),
                       quality_by_shape=_pass_rates(records, lambda r: r["shapes"]),
-                      truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
+                      truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs),
+                      per_image=records)  # lets `python -m attnscope.eval.compare` pair two gates
         extra = ("Quality gate: share of generated images in which the detector finds every captioned object "
                  f"with the right colour and shape: **{gate:.1%}** of {len(records)}.")
         sample_grid(images, records, args.out / "samples.png")

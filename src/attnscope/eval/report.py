@@ -38,7 +38,7 @@ def write_report(out: Path, header: dict, table: dict, extra_markdown: str = "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({**header, "table": table}, indent=1, default=float))
     lines = [f"# {header.get('title', 'Segmentation benchmark')}", ""]
-    lines += [f"- {k}: {v}" for k, v in header.items() if k != "title"]
+    lines += [f"- {k}: {v}" for k, v in header.items() if k not in ("title", "per_image")]
     if table:  # a quality-gate-only run scores no maps, so it has no table
         lines += ["", markdown_table(table)]
     lines += ["", extra_markdown]
