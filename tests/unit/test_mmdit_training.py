@@ -93,6 +93,12 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "mmdit"), "--steps", "2", "--bank", "8"] + common)
     pipe, state = build_pipeline(tmp_path / "vae", tmp_path / "mmdit")
     assert state["step"] == 2
+    from safetensors.torch import load_file
+
+    raw = build_pipeline(tmp_path / "vae", tmp_path / "mmdit", use_ema=False)[0].transformer.state_dict()
+    stored = load_file(str(tmp_path / "mmdit" / "checkpoint.safetensors"))
+    assert all(torch.equal(value, stored[f"transformer/{name}"]) for name, value in raw.items())  # export --raw
+    assert any(not torch.equal(value, raw[name]) for name, value in pipe.transformer.state_dict().items())  # EMA ≠ raw
     from attnscope.models import WEIGHTS
     from attnscope.models.export import export
     from attnscope.models.train_mmdit import clip_encoders_from

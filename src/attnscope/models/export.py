@@ -4,7 +4,7 @@
     python -m attnscope.models.export mmdit --vae runs/vae --run runs/mmdit --out src/attnscope/models/weights/shapes-mmdit
 
 The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are the EMA copies,
-the denoiser and VAE stored in float16 to keep the package small (they load as float32 unless
+(``--raw``: the raw weights of the last step), the denoiser and VAE stored in float16 to keep the package small (they load as float32 unless
 asked otherwise), the text encoders in float32.
 ``attnscope_defaults.json`` records the sampling settings the model was measured with.
 """
@@ -25,13 +25,13 @@ from .train import load_vae, run_tokenizer
 DEFAULTS_FILE = "attnscope_defaults.json"
 
 
-def build_unet_pipeline(vae_run, unet_run):
+def build_unet_pipeline(vae_run, unet_run, use_ema: bool = True):
     from diffusers import StableDiffusionPipeline
 
     vae = load_vae(vae_run)
     tokenizer = run_tokenizer(unet_run)
     unet, text_encoder = arch.shapes_unet(), arch.shapes_text_encoder(len(tokenizer))
-    state = load_checkpoint(unet_run, {"unet": unet, "text_encoder": text_encoder}, use_ema=True)
+    state = load_checkpoint(unet_run, {"unet": unet, "text_encoder": text_encoder}, use_ema=use_ema)
     if state is None:
         raise FileNotFoundError(f"No UNet checkpoint in {unet_run}.")
     pipe = StableDiffusionPipeline(
@@ -70,15 +70,16 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=20, help="recommended sampling steps")
     parser.add_argument("--guidance", type=float, default=4.0, help="recommended guidance scale")
+    parser.add_argument("--raw", action="store_true", help="export the raw weights instead of their EMA (for comparison)")
     args = parser.parse_args(argv)
     if args.kind == "unet":
-        pipe, state = build_unet_pipeline(args.vae, args.run)
+        pipe, state = build_unet_pipeline(args.vae, args.run, use_ema=not args.raw)
     else:
         from .train_mmdit import build_pipeline
 
-        pipe, state = build_pipeline(args.vae, args.run)
+        pipe, state = build_pipeline(args.vae, args.run, use_ema=not args.raw)
     defaults = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": arch.IMAGE_SIZE,
-                "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"])}
+                "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"]), "weights": "raw" if args.raw else "ema"}
     print(export(pipe, args.out, defaults))
 
 

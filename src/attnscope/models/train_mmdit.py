@@ -223,7 +223,7 @@ def train(args) -> None:
         params += list(head.parameters())
     teacher = FlowTeacher(args.distill_from, tokenizer, device, tuple(args.distill_sigmas)) if args.distill else None
     empty_ids = arch.token_ids(tokenizer, [""])  # the teacher reads token ids, not the cached features
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.01)
     emas = {"transformer": EMA(transformer, args.ema)}
     state = load_checkpoint(args.out, modules, opt, emas)
     if state is None and args.init_from is not None:
@@ -286,8 +286,8 @@ def noised_input(x0, noise, sigma, perturbation: float = 0.0, generator=None):
     return (1 - sigma) * x0 + sigma * noise
 
 
-def build_pipeline(vae_run, run):
-    """The trained MM-DiT as a stock ``StableDiffusion3Pipeline`` (EMA weights)."""
+def build_pipeline(vae_run, run, use_ema: bool = True):
+    """The trained MM-DiT as a stock ``StableDiffusion3Pipeline`` (EMA weights unless ``use_ema=False``)."""
     from diffusers import StableDiffusion3Pipeline
 
     design = run_design(run)
@@ -303,7 +303,7 @@ def build_pipeline(vae_run, run):
     transformer = arch.shapes_sd3_transformer(design["patch"], design["heads"], design["blocks"], arch.latent_shape(vae))
     encoders = [arch.shapes_sd3_text_encoder(len(tokenizer)) for _ in range(2)]
     state = load_checkpoint(run, {"transformer": transformer, "text_encoder": encoders[0],
-                                  "text_encoder_2": encoders[1]}, use_ema=True)
+                                  "text_encoder_2": encoders[1]}, use_ema=use_ema)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer.eval(), scheduler=arch.shapes_flow_scheduler(), vae=vae,
         text_encoder=encoders[0].eval(), tokenizer=tokenizer, text_encoder_2=encoders[1].eval(),
@@ -328,6 +328,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--beta2", type=float, default=0.999,
+                        help="AdamW's second-moment decay (a resumed run keeps the one it started with)")
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--uncond", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200)
