@@ -44,7 +44,9 @@ def test_bad_folders_end_in_one_line(tmp_path, capsys):
     (tmp_path / "old" / "results.json").write_text(json.dumps({"quality_gate": 0.5}))
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "results.json").write_text("{not json")
-    for folder in ("missing", "old", "corrupt"):
+    (tmp_path / "malformed").mkdir()
+    (tmp_path / "malformed" / "results.json").write_text(json.dumps({"per_image": [{"caption": "a red circle"}]}))
+    for folder in ("missing", "old", "corrupt", "malformed"):
         with pytest.raises(ValueError):
             load_gate(tmp_path / folder)
         assert main([str(tmp_path / folder), str(tmp_path / folder)]) == 2

@@ -4,7 +4,7 @@ Two models gated with the same ``--seed`` and ``--n`` see the same captions, so 
 is judged on the images where exactly one of them passed; the images both pass or both fail say
 nothing about which model is better. That test is much sharper than comparing two pass rates.
 
-    python -m attnscope.eval.compare docs/results/gate-mmdit-session8 docs/results/gate-mmdit
+    python -m attnscope.eval.compare docs/results/gate-mmdit-lr2e3 docs/results/gate-mmdit
 
 Example:
     >>> mcnemar_exact(0, 6)  # six discordant images, all won by the second model
@@ -67,7 +67,10 @@ def load_gate(folder: Path) -> list[dict]:
     if "per_image" not in results:
         raise ValueError(f"{path} has no per-image records (older than this version or the real-image "
                          "protocol); rerun `attnscope eval --protocol generated`.")
-    return results["per_image"]
+    records = results["per_image"]
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"caption", "match"} <= r.keys() for r in records):
+        raise ValueError(f"{path} has malformed per-image records; rerun `attnscope eval`.")
+    return records
 
 
 def compare_gates(first: list[dict], second: list[dict]) -> GateComparison:

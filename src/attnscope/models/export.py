@@ -3,9 +3,9 @@
     python -m attnscope.models.export unet  --vae runs/vae --run runs/unet  --out src/attnscope/models/weights/shapes-unet
     python -m attnscope.models.export mmdit --vae runs/vae --run runs/mmdit --out src/attnscope/models/weights/shapes-mmdit
 
-The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are the EMA copies,
-(``--raw``: the raw weights of the last step), the denoiser and VAE stored in float16 to keep the package small (they load as float32 unless
-asked otherwise), the text encoders in float32.
+The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are the EMA copies
+(``--raw``: the last step's own weights), the denoiser and VAE stored in float16 to keep the
+package small (they load as float32 unless asked otherwise), the text encoders in float32.
 ``attnscope_defaults.json`` records the sampling settings the model was measured with.
 """
 
@@ -79,7 +79,8 @@ def main(argv=None) -> None:
 
         pipe, state = build_pipeline(args.vae, args.run, use_ema=not args.raw)
     defaults = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": arch.IMAGE_SIZE,
-                "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"]), "weights": "raw" if args.raw else "ema"}
+                "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"]),
+                "weights": "raw" if args.raw else "ema"}
     print(export(pipe, args.out, defaults))
 
 
