@@ -30,6 +30,22 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--device")
     ev.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     ev.set_defaults(func=cmd_eval)
+    pair = sub.add_parser("compare", help="pair two quality gates on the same captions (exact McNemar test)")
+    pair.add_argument("first", type=Path, help="`attnscope eval --out` folder of the first model")
+    pair.add_argument("second", type=Path, help="the same for the second model")
+    pair.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from ..cli import CLIError
+    from .compare import compare_gates, load_gate
+
+    try:
+        comparison = compare_gates(load_gate(args.first), load_gate(args.second))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    print(comparison.summary())
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -71,7 +87,7 @@ def cmd_eval(args) -> int:
     start = time.time()
     header = {"title": f"attnscope eval — {args.protocol} protocol", "model": model, "n_scenes": len(scenes),
               "seed": args.seed, "methods": args.methods}
-    extra = ""
+    extra, records = "", None
     if args.protocol == "generated":
         steps = args.steps or defaults.get("num_inference_steps", 20)
         guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale", 7.5)
@@ -82,8 +98,7 @@ def cmd_eval(args) -> int:
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
                       quality_by_objects=_pass_rates(records, lambda r: [r["n_objects"]]),
                       quality_by_shape=_pass_rates(records, lambda r: r["shapes"]),
-                      truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs),
-                      per_image=records)  # lets `python -m attnscope.eval.compare` pair two gates
+                      truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
         extra = ("Quality gate: share of generated images in which the detector finds every captioned object "
                  f"with the right colour and shape: **{gate:.1%}** of {len(records)}.")
         sample_grid(images, records, args.out / "samples.png")
@@ -94,7 +109,7 @@ def cmd_eval(args) -> int:
     print(file=sys.stderr)
     table = summarize(pairs, args.methods, seed=args.seed) if args.methods else {}
     header["seconds"] = round(time.time() - start, 1)
-    write_report(args.out, header, table, extra)
+    write_report(args.out, header, table, extra, per_image=records)
     for method in args.methods:
         example_grid(pairs, images, method, args.out / f"examples_{method}.png")
     print((args.out / "results.md").read_text())

@@ -4,7 +4,8 @@ Two models gated with the same ``--seed`` and ``--n`` see the same captions, so 
 is judged on the images where exactly one of them passed; the images both pass or both fail say
 nothing about which model is better. That test is much sharper than comparing two pass rates.
 
-    python -m attnscope.eval.compare docs/results/gate-mmdit-lr2e3 docs/results/gate-mmdit
+    attnscope compare docs/results/gate-mmdit-lr2e3 docs/results/gate-mmdit
+    python -m attnscope.eval.compare docs/results/gate-mmdit-lr2e3 docs/results/gate-mmdit   # the same
 
 Example:
     >>> mcnemar_exact(0, 6)  # six discordant images, all won by the second model
@@ -24,12 +25,15 @@ from pathlib import Path
 class GateComparison:
     """Counts of images by (first passed, second passed) and the two-sided exact McNemar p-value."""
 
-    n: int
     both: int
     only_first: int
     only_second: int
     neither: int
     p_value: float
+
+    @property
+    def n(self) -> int:
+        return self.both + self.only_first + self.only_second + self.neither
 
     @property
     def first_rate(self) -> float:
@@ -83,25 +87,16 @@ def compare_gates(first: list[dict], second: list[dict]) -> GateComparison:
     pairs = [(a["match"], b["match"]) for a, b in zip(first, second)]
     only_first = pairs.count((True, False))
     only_second = pairs.count((False, True))
-    return GateComparison(n=len(pairs), both=pairs.count((True, True)), only_first=only_first,
+    return GateComparison(both=pairs.count((True, True)), only_first=only_first,
                           only_second=only_second, neither=pairs.count((False, False)),
                           p_value=mcnemar_exact(only_first, only_second))
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """``python -m attnscope.eval.compare A B`` is ``attnscope compare A B``."""
+    from ..cli import main as attnscope_main
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("first", type=Path, help="`attnscope eval --out` folder of the first model")
-    parser.add_argument("second", type=Path, help="the same for the second model")
-    args = parser.parse_args(argv)
-    try:
-        comparison = compare_gates(load_gate(args.first), load_gate(args.second))
-    except ValueError as err:
-        print(f"attnscope: error: {err}", file=sys.stderr)
-        return 2
-    print(comparison.summary())
-    return 0
+    return attnscope_main(["compare", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
