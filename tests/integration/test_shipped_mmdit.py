@@ -73,6 +73,11 @@ def test_eval_gate_only(tmp_path):
     passed = [record["match"] for record in results["per_image"]]
     assert len(passed) == 2 and results["quality_gate"] == sum(passed) / 2
     assert "per_image" not in (out / "results.md").read_text()
+    for record in results["per_image"]:  # an unfound object is one the caption names; a pass finds them all
+        assert all(item.split()[0] in record["caption"] and item.split()[1] in record["caption"] for item in record["missing"])
+        assert record["match"] == (not record["missing"]) and len(record["found"]) >= record["n_objects"] * record["match"]
+    missed = results["missed_objects"]
+    assert sum(sum(counts.values()) for counts in missed.values()) == sum(len(r["missing"]) for r in results["per_image"])
 
     from attnscope.eval.compare import compare_gates, load_gate
 

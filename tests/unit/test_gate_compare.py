@@ -52,3 +52,13 @@ def test_bad_folders_end_in_one_line(tmp_path, capsys):
         assert main([str(tmp_path / folder), str(tmp_path / folder)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("attnscope: error:")
+
+
+def test_missed_objects_are_split_by_whether_their_colour_was_found():
+    from attnscope.eval.cli import missed_objects
+
+    records = [{"missing": ["red cross", "blue star"], "found": ["red star", "green circle"]},
+               {"missing": [], "found": ["red cross"]},
+               {"missing": ["red cross"], "found": []}]
+    assert missed_objects(records) == {"colour absent": {"cross": 1, "star": 1}, "other shape": {"cross": 1}}
+    assert missed_objects([]) == {"colour absent": {}, "other shape": {}}

@@ -98,6 +98,7 @@ def cmd_eval(args) -> int:
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
                       quality_by_objects=_pass_rates(records, lambda r: [r["n_objects"]]),
                       quality_by_shape=_pass_rates(records, lambda r: r["shapes"]),
+                      missed_objects=missed_objects(records),
                       truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
         extra = ("Quality gate: share of generated images in which the detector finds every captioned object "
                  f"with the right colour and shape: **{gate:.1%}** of {len(records)}.")
@@ -124,3 +125,20 @@ def _pass_rates(records: list, groups_of) -> dict:
         for key in groups_of(record):
             groups.setdefault(key, []).append(record["match"])
     return {str(key): round(sum(passed) / len(passed), 4) for key, passed in sorted(groups.items())}
+
+
+def missed_objects(records: list) -> dict:
+    """Why captioned objects went unfound, counted per object and by its shape: ``colour absent`` (no
+    detection has its colour) or ``other shape`` (its colour was found, not with its shape).
+
+        missed_objects([{"missing": ["red cross"], "found": ["red star"]}])
+        # {'colour absent': {}, 'other shape': {'cross': 1}}
+    """
+    kinds: dict = {"colour absent": {}, "other shape": {}}
+    for record in records:
+        colours = {item.split()[0] for item in record["found"]}
+        for item in record["missing"]:
+            colour, shape = item.split()
+            counts = kinds["other shape" if colour in colours else "colour absent"]
+            counts[shape] = counts.get(shape, 0) + 1
+    return {kind: dict(sorted(counts.items())) for kind, counts in kinds.items()}

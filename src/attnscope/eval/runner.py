@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..datasets.detect import detect, masks_for_words, matches_caption
+from ..datasets.detect import detect, masks_for_words, match_objects
 from ..datasets.shapes import scene_tensor
 from . import metrics
 from .methods import get_method
@@ -86,11 +86,14 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
         gts = []
         for scene, image, ids in zip(chunk, arrays, token_ids):
             found = detect(image)
+            hits = match_objects(found, scene.objects)
             records.append({"caption": scene.caption, "n_objects": len(scene.objects),
                             "shapes": sorted({o.shape for o in scene.objects}),
                             "truncated": len(ids) > pipe.tokenizer.model_max_length,
-                            "match": bool(matches_caption(found, scene.objects)),
-                            "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects)})
+                            "match": all(hit is not None for hit in hits),  # matches_caption, from the same hits
+                            "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects),
+                            "missing": [f"{o.color} {o.shape}" for o, hit in zip(scene.objects, hits) if hit is None],
+                            "found": [f"{d.color} {d.shape}" for d in found]})
             gts.append(masks_for_words(found, scene))
         if methods:
             pairs += collect_pairs(tc.daam(), chunk, gts, methods, offset=start)
