@@ -129,7 +129,8 @@ def _pass_rates(records: list, groups_of) -> dict:
 
 def missed_objects(records: list) -> dict:
     """Why captioned objects went unfound, counted per object and by its shape: ``colour absent`` (no
-    detection has its colour) or ``other shape`` (its colour was found, not with its shape).
+    detection has its colour) or ``other shape`` (some detection has its colour — possibly one matched
+    to another object of that colour — but none with its colour and shape).
 
         missed_objects([{"missing": ["red cross"], "found": ["red star"]}])
         # {'colour absent': {}, 'other shape': {'cross': 1}}
