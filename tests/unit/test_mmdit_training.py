@@ -108,7 +108,8 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
             assert torch.equal(value, expected), name  # the text side is frozen
     export(pipe, tmp_path / "exported", {"trained_steps": 2})
     mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "more"), "--steps", "3", "--bank-from",
-                str(tmp_path / "mmdit"), "--bank", "8", "--init-from", str(tmp_path / "exported")] + common)
+                str(tmp_path / "mmdit"), "--bank", "8", "--init-from", str(tmp_path / "exported"),
+                "--shape-weight", "cross=2"] + common)  # also runs the weighted scene draw
     _, more = build_pipeline(tmp_path / "vae", tmp_path / "more")
     assert more["step"] == 3 and more["init_from"] == str(tmp_path / "exported")
     pipe.save_pretrained(tmp_path / "folder")
@@ -294,3 +295,20 @@ def test_warm_start_copies_every_full_resolution_layer_of_a_shallower_vae():
     assert all(key.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv") for key in fresh)
     with pytest.raises(ValueError, match="at most as many --levels"):
         warm_start_vae(source, deep)
+
+
+def test_shape_weights_shift_the_draw_and_default_keeps_the_uniform_stream():
+    from attnscope.models.train_mmdit import draw_scenes, main, scene_weights
+
+    captions = ["a red cross", "a blue circle", "a green cross and a small red square", "a star"]
+    weights = scene_weights(captions, {"cross": 3.0})
+    assert weights.tolist() == [3.0, 1.0, 2.0, 1.0]
+    assert scene_weights(captions, {}) is None
+    uniform = draw_scenes(4, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(0)))
+    drawn = draw_scenes(4, 70_000, torch.Generator().manual_seed(0), weights)
+    share = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    torch.testing.assert_close(share, weights / weights.sum(), atol=0.01, rtol=0)
+    for bad in ("cross", "hexagon=2", "cross=0", "cross=x"):
+        with pytest.raises(SystemExit):
+            main(["--vae", "v", "--out", "o", "--shape-weight", bad])

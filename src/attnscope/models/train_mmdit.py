@@ -184,6 +184,31 @@ def cooldown_scale(step: int, total: int, cooldown: float) -> float:
     return min(1.0, max(0.0, (total - step) / (total - start)))
 
 
+def scene_weights(captions: list[str], shape_weights: dict[str, float]) -> torch.Tensor | None:
+    """How often each bank scene is drawn: the mean weight of the shapes its caption names (1 for
+    shapes not listed), or None when no shape is weighted (then draws stay uniform and a run's
+    random stream is the one of runs that predate ``--shape-weight``).
+
+        scene_weights(["a red cross and a blue circle", "a green square"], {"cross": 3.0})   # tensor([2., 1.])
+    """
+    if not shape_weights:
+        return None
+    from ..datasets.shapes import SHAPES
+
+    weights = []
+    for caption in captions:
+        named = [word for word in caption.split() if word in SHAPES]
+        weights.append(sum(shape_weights.get(word, 1.0) for word in named) / max(len(named), 1))
+    return torch.tensor(weights, dtype=torch.float64)
+
+
+def draw_scenes(count: int, batch: int, generator, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of ``batch`` bank scenes: uniform, or in proportion to ``weights`` (``scene_weights``)."""
+    if weights is None:
+        return torch.randint(0, count, (batch,), generator=generator)
+    return torch.multinomial(weights, batch, replacement=True, generator=generator)
+
+
 def train(args) -> None:
     from transformers import CLIPTokenizer
 
@@ -241,9 +266,10 @@ def train(args) -> None:
     if args.steps <= step:
         print(f"{args.out} has already trained {step} of --steps {args.steps}.", flush=True)
     bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS)
+    draw_weights = scene_weights(captions_bank, dict(args.shape_weight))
     while step < args.steps and time.time() - start < args.minutes * 60:
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        index = torch.randint(0, len(captions_bank), (args.batch,), generator=gen)
+        index = draw_scenes(len(captions_bank), args.batch, gen, draw_weights)
         x0 = bank[index].to(device)
         dropped = torch.rand(args.batch, generator=gen) < args.uncond
         rows = torch.where(dropped, len(captions_bank), index)  # the last row holds the empty caption
@@ -312,6 +338,22 @@ def build_pipeline(vae_run, run, use_ema: bool = True):
     return pipe, state
 
 
+def _shape_weight(text: str) -> tuple[str, float]:
+    """``SHAPE=W`` for ``--shape-weight``; argparse turns the ValueError into a one-line usage error."""
+    from ..datasets.shapes import SHAPES
+
+    shape, _, weight = text.partition("=")
+    if shape not in SHAPES or not weight:
+        raise argparse.ArgumentTypeError(f"expected SHAPE=W with SHAPE one of {', '.join(SHAPES)}, not {text!r}")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"the weight in {text!r} must be a positive number")
+    return shape, value
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", type=Path, required=True)
@@ -353,6 +395,9 @@ def main(argv=None) -> None:
                         help="Stable Diffusion folder (ε-prediction UNet, same tokenizer) whose denoiser is the teacher")
     parser.add_argument("--distill-sigmas", type=float, nargs=2, default=SIGMA_WINDOW, metavar=("LOW", "HIGH"),
                         help="flow levels σ at which the teacher is used (elsewhere the data target)")
+    parser.add_argument("--shape-weight", type=_shape_weight, action="append", default=[], metavar="SHAPE=W",
+                        help="draw bank scenes naming SHAPE W times as often (repeatable; a scene's weight is the mean "
+                             "over its shapes; e.g. --shape-weight cross=2 for the shapes the MM-DiT draws worst)")
     parser.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=True,
                         help="DiT's adaLN-Zero initialisation (see adaln_zero)")
     args = parser.parse_args(argv)
