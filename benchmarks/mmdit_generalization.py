@@ -25,12 +25,12 @@ import torch
 SIGMAS = (0.2, 0.4, 0.6, 0.8)  # the bands of docs/models.md's hybrid-sampling table
 
 
-def set_latents(vae, bank_folder: Path, n: int, seed: int, chunk: int = 64) -> dict:
+def set_latents(vae, bank_folder: Path, n: int, seed: int) -> dict:
     """``{name: (latents, captions)}`` for the bank, fresh and test sets (n scenes each)."""
     from safetensors.torch import load_file
 
     from attnscope.datasets.shapes import scene_stream, scene_tensor
-    from attnscope.models.train import scene_batch
+    from attnscope.models.train import BANK_CHUNK as chunk, scene_batch
 
     bank = load_file(str(bank_folder / "bank.safetensors"))["latents"].float()
     captions = json.loads((bank_folder / "bank.json").read_text())
@@ -56,18 +56,16 @@ def set_latents(vae, bank_folder: Path, n: int, seed: int, chunk: int = 64) -> d
 @torch.no_grad()
 def flow_losses(pipe, latents, captions, noise, chunk: int = 64) -> dict:
     """Mean flow loss per σ in SIGMAS (each scene at every σ, the same noise)."""
-    losses = {}
-    for sigma in SIGMAS:
-        total = 0.0
-        for i in range(0, len(captions), chunk):
-            x0, eps = latents[i:i + chunk], noise[i:i + chunk]
-            context, _, pooled, _ = pipe.encode_prompt(captions[i:i + chunk], None, None, do_classifier_free_guidance=False)
+    totals = dict.fromkeys(SIGMAS, 0.0)
+    for i in range(0, len(captions), chunk):
+        x0, eps = latents[i:i + chunk], noise[i:i + chunk]
+        context, _, pooled, _ = pipe.encode_prompt(captions[i:i + chunk], None, None, do_classifier_free_guidance=False)
+        for sigma in SIGMAS:  # the prompt is encoded once for every σ
             noisy = (1 - sigma) * x0 + sigma * eps
             timestep = torch.full((len(x0),), sigma * 1000.0)
             pred = pipe.transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled, timestep=timestep).sample
-            total += ((pred.float() - (eps - x0)) ** 2).mean(dim=(1, 2, 3)).sum().item()
-        losses[sigma] = total / len(captions)
-    return losses
+            totals[sigma] += ((pred.float() - (eps - x0)) ** 2).mean(dim=(1, 2, 3)).sum().item()
+    return {sigma: total / len(captions) for sigma, total in totals.items()}
 
 
 def main(argv=None) -> None:

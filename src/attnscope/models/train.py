@@ -27,6 +27,7 @@ from .checkpoint import EMA, load_checkpoint, save_checkpoint
 
 
 LOG_EVERY = 25  # steps between logged losses
+BANK_CHUNK = 64  # scenes drawn and encoded together when a latent bank is built (chunk i is scene_batch step i)
 
 
 def scene_batch(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE):
@@ -136,7 +137,7 @@ def load_vae(folder):
     return vae.eval().requires_grad_(False)
 
 
-def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = 64):
+def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = BANK_CHUNK):
     """Latents and captions of ``size`` training scenes, encoded once and cached in ``folder``.
 
     Encoding with the VAE costs more than a UNet step, so the UNet trains on a fixed bank of

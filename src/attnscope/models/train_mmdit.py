@@ -348,8 +348,8 @@ def _shape_weight(text: str) -> tuple[str, float]:
     try:
         value = float(weight)
     except ValueError:
-        value = -1.0
-    if not value > 0 or math.isinf(value):
+        value = math.nan
+    if not 0 < value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"the weight in {text!r} must be a positive number")
     return shape, value
 
