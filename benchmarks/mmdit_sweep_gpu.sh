@@ -40,9 +40,9 @@ declare -A VARIANTS=(
   [longshape]="--steps $LONG --seed 0 $SHAPES"
   [longshape-s1]="--steps $LONG --seed 1 $SHAPES"
 )
-seed_of() { [[ $1 == *-s1 ]] && echo 1 || echo 0; }
-steps_of() { [[ ${VARIANTS[$1]} == *"--steps $LONG "* ]] && echo "$LONG" || echo "$STEPS"; }
+flag_of() { [[ " ${VARIANTS[$1]} " =~ " --$2 "([^ ]+)" " ]] && echo "${BASH_REMATCH[1]}"; }   # e.g. flag_of ship seed
 trained() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$RUNS/$1/checkpoint.json" 2>/dev/null || echo 0; }
+finished() { [ "$(trained "$1")" -ge "$(flag_of "$1" steps)" ]; }
 
 start=$(date +%s)
 # one bank of scenes; REPA features depend on the seed, so seed 1 gets its own folder (same bank)
@@ -64,8 +64,8 @@ if command -v nvidia-cuda-mps-control >/dev/null && ! pgrep -x nvidia-cuda-mps >
 fi
 
 for name in "${!VARIANTS[@]}"; do
-  [ "$(trained "$name")" -ge "$(steps_of "$name")" ] && continue
-  $PY -m attnscope.models.train_mmdit --vae $UNET --out "$RUNS/$name" --bank-from "$RUNS/bank$(seed_of "$name")" \
+  finished "$name" && continue
+  $PY -m attnscope.models.train_mmdit --vae $UNET --out "$RUNS/$name" --bank-from "$RUNS/bank$(flag_of "$name" seed)" \
       --device $DEVICE --bank $BANK --threads 1 --every 1000000 --minutes "$MINUTES" $SHIPPED ${VARIANTS[$name]} \
       >>"$OUT/$name.log" 2>&1 &
 done
@@ -74,7 +74,7 @@ wait
 echo "training: $(( $(date +%s) - start )) s"
 
 for name in "${!VARIANTS[@]}"; do
-  [ "$(trained "$name")" -ge "$(steps_of "$name")" ] || { echo "$name: $(trained "$name") steps, not finished"; continue; }
+  finished "$name" || { echo "$name: $(trained "$name") steps, not finished"; continue; }
   ( [ -f "$RUNS/$name-export/model_index.json" ] ||
       $PY -m attnscope.models.export mmdit --vae $UNET --run "$RUNS/$name" --guidance 7 --out "$RUNS/$name-export" >>"$OUT/$name.log" 2>&1
     for seed in 0 1; do
