@@ -111,7 +111,7 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
                 str(tmp_path / "mmdit"), "--bank", "8", "--init-from", str(tmp_path / "exported"),
                 "--shape-weight", "cross=2"] + common)  # also runs the weighted scene draw
     _, more = build_pipeline(tmp_path / "vae", tmp_path / "more")
-    assert more["step"] == 3 and more["init_from"] == str(tmp_path / "exported")
+    assert more["step"] == 3 and more["init_from"] == str(tmp_path / "exported") and more["warmup_from"] == 2
     pipe.save_pretrained(tmp_path / "folder")
     again = DiffusionPipeline.from_pretrained(tmp_path / "folder", text_encoder_3=None, tokenizer_3=None)  # no T5, as for SD3 without T5
     assert isinstance(again, StableDiffusion3Pipeline)
@@ -204,6 +204,19 @@ def test_cooldown_is_flat_then_linear_to_zero():
     assert scales[-1] == 0.0 and scales[850] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(scales, scales[1:]))
     assert cooldown_scale(999, total, 0.0) == 1.0  # no cooldown: the rate never decays
+
+
+def test_a_continued_run_warms_up_again_from_its_first_step():
+    import argparse
+
+    from attnscope.models.train_mmdit import scheduled_lr
+
+    args = argparse.Namespace(lr=1e-3, warmup=200, steps=14_000, cooldown=0.25)
+    rates = [scheduled_lr(step, args, warmup_from=10_000) for step in range(10_000, 14_001)]
+    assert rates[0] == pytest.approx(args.lr / args.warmup) and rates[199] == pytest.approx(args.lr)
+    assert all(a < b for a, b in zip(rates[:199], rates[1:200]))  # the fresh optimizer ramps up
+    assert rates[-1] == 0.0 and all(a >= b for a, b in zip(rates[199:], rates[200:]))
+    assert scheduled_lr(10_000, args) == pytest.approx(args.lr)  # a run from scratch is past its warmup there
 
 
 @pytest.mark.parametrize("extra, message", [(["--cooldown", "0.3"], "needs --steps"),

@@ -176,6 +176,16 @@ def _check_same_design(run: Path, config: dict) -> None:
                              f"pass --{flag} {saved[flag]} to resume it, or choose another --out.")
 
 
+def scheduled_lr(step: int, args, warmup_from: int = 0) -> float:
+    """The learning rate at ``step``: warmup over ``args.warmup`` steps from ``warmup_from`` (the step a
+    run continued with ``--init-from`` starts at; 0 otherwise), then constant, then the cooldown.
+
+    >>> scheduled_lr(10_000, argparse.Namespace(lr=1e-3, warmup=200, steps=14_000, cooldown=0.25), warmup_from=10_000)
+    5e-06
+    """
+    return lr_at(step - warmup_from, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
+
+
 def cooldown_scale(step: int, total: int, cooldown: float) -> float:
     """Learning-rate factor of a warmup–stable–decay schedule: 1, then linear to 0 over the last ``cooldown`` of ``total`` steps."""
     if cooldown <= 0:
@@ -259,7 +269,9 @@ def train(args) -> None:
         transformer.load_state_dict(exported.state_dict())
         emas = {"transformer": EMA(transformer, args.ema)}
         done = json.loads((args.init_from / "attnscope_defaults.json").read_text()).get("trained_steps", 0)
-        state = {"step": done, "seconds": 0.0, "log": [], "config": config, "init_from": str(args.init_from)}
+        # the fresh optimizer warms up again, counted from the step the continuation starts at
+        state = {"step": done, "seconds": 0.0, "log": [], "config": config, "init_from": str(args.init_from),
+                 "warmup_from": done}
     state = state or {"step": 0, "seconds": 0.0, "log": [], "config": config}
     text_context, text_pooled = caption_features(encoders, tokenizer, captions_bank, device)
     start, step = time.time(), state["step"]
@@ -278,7 +290,7 @@ def train(args) -> None:
         sigma = torch.sigmoid(args.sigma_mean + args.sigma_std * torch.randn(args.batch, generator=gen))[:, None, None, None].to(device)
         noisy = noised_input(x0, noise, sigma, args.input_perturbation, gen)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup) * cooldown_scale(step, args.steps, args.cooldown)
+            group["lr"] = scheduled_lr(step, args, state.get("warmup_from", 0))
         target = flow_target = noise - x0
         if teacher is not None:  # outside the zero-token mode: the UNet has no zero token
             ids = arch.token_ids(tokenizer, [captions_bank[i] for i in index.tolist()])
@@ -360,7 +372,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--text-from", type=Path, default=WEIGHTS / "shapes-unet",
                         help="Stable Diffusion folder whose text encoder (and tokenizer) the MM-DiT conditions on")
-    parser.add_argument("--init-from", type=Path, help="exported MM-DiT folder to continue from (fresh optimizer)")
+    parser.add_argument("--init-from", type=Path, help="exported MM-DiT folder to continue from (fresh optimizer, warmed up again from its step)")
     parser.add_argument("--bank-from", type=Path, help="reuse the latent bank cached in this run folder")
     parser.add_argument("--bank", type=int, default=24_000)
     parser.add_argument("--minutes", type=float, default=10.0)
