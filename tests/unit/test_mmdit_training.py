@@ -109,8 +109,11 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     export(pipe, tmp_path / "exported", {"trained_steps": 2})
     mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "more"), "--steps", "3", "--bank-from",
                 str(tmp_path / "mmdit"), "--bank", "8", "--init-from", str(tmp_path / "exported"),
-                "--shape-weight", "cross=2"] + common)  # also runs the weighted scene draw
-    _, more = build_pipeline(tmp_path / "vae", tmp_path / "more")
+                "--shape-weight", "cross=2"] + common + ["--every", "1", "--keep-from", "3"])  # also runs the weighted scene draw
+    last, more = build_pipeline(tmp_path / "vae", tmp_path / "more")
+    kept, kept_state = build_pipeline(tmp_path / "vae", tmp_path / "more" / "keep" / "step-00003")
+    assert kept_state["step"] == 3 and sorted(p.name for p in (tmp_path / "more" / "keep").iterdir()) == ["step-00003"]
+    assert all(torch.equal(value, kept.transformer.state_dict()[name]) for name, value in last.transformer.state_dict().items())
     assert more["step"] == 3 and more["init_from"] == str(tmp_path / "exported") and more["warmup_from"] == 2
     pipe.save_pretrained(tmp_path / "folder")
     again = DiffusionPipeline.from_pretrained(tmp_path / "folder", text_encoder_3=None, tokenizer_3=None)  # no T5, as for SD3 without T5

@@ -307,6 +307,8 @@ def train(args) -> None:
         if (step + 1) % LOG_EVERY == 0:
             state.setdefault("flow_log", []).append([step + 1, round(flow_loss.item(), 5)])
         step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
+        if args.keep_from is not None and step >= args.keep_from and step % args.every == 0:
+            keep_checkpoint(args.out, step)
     _save(args.out, modules, opt, state, step, start, emas)
 
 
@@ -322,6 +324,29 @@ def noised_input(x0, noise, sigma, perturbation: float = 0.0, generator=None):
     if perturbation:
         noise = noise + perturbation * torch.randn(x0.shape, generator=generator).to(noise.device)
     return (1 - sigma) * x0 + sigma * noise
+
+
+def keep_checkpoint(run, step: int) -> Path:
+    """Copy the checkpoint just saved, with the tokenizer, to ``run/keep/step-NNNNN``: a run folder
+    of its own that ``export`` and :func:`build_pipeline` read, so checkpoints along one run
+    (the cooldown, say) can be gated side by side.
+
+    >>> keep_checkpoint("runs/mmdit", 9500)  # doctest: +SKIP
+    PosixPath('runs/mmdit/keep/step-09500')
+    """
+    import shutil
+
+    run = Path(run)
+    kept = run / "keep" / f"step-{step:05d}"
+    partial = kept.with_name(kept.name + ".partial")  # a copy cut short never looks like a checkpoint
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name in ("checkpoint.json", "checkpoint.safetensors"):
+        shutil.copy2(run / name, partial / name)
+    shutil.copytree(run / "tokenizer", partial / "tokenizer")
+    shutil.rmtree(kept, ignore_errors=True)
+    partial.rename(kept)
+    return kept
 
 
 def build_pipeline(vae_run, run, use_ema: bool = True):
@@ -384,6 +409,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beta2", type=float, default=0.999,
                         help="AdamW's second-moment decay (a resumed run keeps the one it started with)")
+    parser.add_argument("--keep-from", type=int, metavar="STEP",
+                        help="from this step on, keep a copy of every checkpoint in OUT/keep/step-NNNNN (a run folder "
+                             "that export reads) to gate checkpoints along the run; default: keep only the last")
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--uncond", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200)
