@@ -38,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from . import WEIGHTS
 from . import architectures as arch
 from ..core.tap import sdpa_arguments
+from ..files import staged_folder
 from . import repa
 from .distill import SIGMA_WINDOW, FlowTeacher
 from .checkpoint import EMA, load_checkpoint
@@ -338,14 +339,10 @@ def keep_checkpoint(run, step: int) -> Path:
 
     run = Path(run)
     kept = run / "keep" / f"step-{step:05d}"
-    partial = kept.with_name(kept.name + ".partial")  # a copy cut short never looks like a checkpoint
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for name in ("checkpoint.json", "checkpoint.safetensors"):
-        shutil.copy2(run / name, partial / name)
-    shutil.copytree(run / "tokenizer", partial / "tokenizer")
-    shutil.rmtree(kept, ignore_errors=True)
-    partial.rename(kept)
+    with staged_folder(kept) as staging:  # a copy cut short never looks like a checkpoint
+        for name in ("checkpoint.json", "checkpoint.safetensors"):
+            shutil.copy2(run / name, staging / name)
+        shutil.copytree(run / "tokenizer", staging / "tokenizer")
     return kept
 
 
