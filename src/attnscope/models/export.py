@@ -7,6 +7,8 @@ The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are
 (``--raw``: the last step's own weights), the denoiser and VAE stored in float16 to keep the
 package small (they load as float32 unless asked otherwise), the text encoders in float32.
 ``attnscope_defaults.json`` records the sampling settings the model was measured with.
+Several ``--run`` folders of one design (checkpoints kept along a run, say) export as one model
+whose weights are their mean, a checkpoint average.
 """
 
 from __future__ import annotations
@@ -62,25 +64,54 @@ def export(pipe, out: Path, defaults: dict) -> Path:
     return out
 
 
+def average_weights(modules: list[torch.nn.Module]) -> torch.nn.Module:
+    """Set the first module's floating-point weights to the mean over all ``modules``; return it.
+
+    >>> average_weights([pipe_a.transformer, pipe_b.transformer])  # doctest: +SKIP
+    """
+    first, states = modules[0], [m.state_dict() for m in modules]
+    for index, state in enumerate(states[1:], start=1):
+        if [(k, v.shape) for k, v in state.items()] != [(k, v.shape) for k, v in states[0].items()]:
+            raise ValueError(f"Checkpoint {index} has another design than checkpoint 0; average only runs of one design.")
+    averaged = {}
+    for name, value in states[0].items():
+        if value.dtype.is_floating_point:
+            total = sum(state[name].double() for state in states)
+            averaged[name] = (total / len(states)).to(value.dtype)
+        else:
+            averaged[name] = value
+    first.load_state_dict(averaged)
+    return first
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["unet", "mmdit"])
     parser.add_argument("--vae", type=Path, required=True)
-    parser.add_argument("--run", "--unet", dest="run", type=Path, required=True, help="the denoiser's training run folder")
+    parser.add_argument("--run", "--unet", dest="runs", type=Path, required=True, action="append",
+                        help="the denoiser's training run folder; given more than once, the weights are averaged")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=20, help="recommended sampling steps")
     parser.add_argument("--guidance", type=float, default=4.0, help="recommended guidance scale")
     parser.add_argument("--raw", action="store_true", help="export the raw weights instead of their EMA (for comparison)")
     args = parser.parse_args(argv)
     if args.kind == "unet":
-        pipe, state = build_unet_pipeline(args.vae, args.run, use_ema=not args.raw)
+        build = build_unet_pipeline
     else:
-        from .train_mmdit import build_pipeline
-
-        pipe, state = build_pipeline(args.vae, args.run, use_ema=not args.raw)
+        from .train_mmdit import build_pipeline as build
+    built = [build(args.vae, run, use_ema=not args.raw) for run in args.runs]
+    pipe, state = built[0]
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            try:
+                average_weights([other.components[name] for other, _ in built])
+            except ValueError as error:
+                raise SystemExit(f"{name}: {error}") from None
     defaults = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": arch.IMAGE_SIZE,
                 "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"]),
                 "weights": "raw" if args.raw else "ema"}
+    if len(built) > 1:
+        defaults["averaged"] = [{"run": str(run), "trained_steps": run_state["step"]} for run, (_, run_state) in zip(args.runs, built)]
     print(export(pipe, args.out, defaults))
 
 
