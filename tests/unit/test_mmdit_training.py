@@ -1,5 +1,6 @@
 """The MM-DiT training shortcut is exact: one zero token with a log(256) logit bias equals SD3's 256 zero tokens."""
 
+import json
 import re
 
 import pytest
@@ -109,7 +110,13 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     export(pipe, tmp_path / "exported", {"trained_steps": 2})
     mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "more"), "--steps", "3", "--bank-from",
                 str(tmp_path / "mmdit"), "--bank", "8", "--init-from", str(tmp_path / "exported"),
-                "--shape-weight", "cross=2"] + common + ["--every", "1", "--keep-from", "3"])  # also runs the weighted scene draw
+                "--shape-weight", "cross=2", "--extra-ema", "0.9"] + common + ["--every", "1", "--keep-from", "3"])  # also runs the weighted scene draw
+    from attnscope.models.export import main as export_main
+
+    export_main(["mmdit", "--vae", str(tmp_path / "vae"), "--run", str(tmp_path / "more"), "--run",
+                 str(tmp_path / "more" / "keep" / "step-00003"), "--ema-decay", "0.9", "--out", str(tmp_path / "avg")])
+    defaults = json.loads((tmp_path / "avg" / "attnscope_defaults.json").read_text())
+    assert defaults["weights"] == "ema@0.9" and [run["trained_steps"] for run in defaults["averaged"]] == [3, 3]
     last, more = build_pipeline(tmp_path / "vae", tmp_path / "more")
     kept, kept_state = build_pipeline(tmp_path / "vae", tmp_path / "more" / "keep" / "step-00003")
     assert kept_state["step"] == 3 and sorted(p.name for p in (tmp_path / "more" / "keep").iterdir()) == ["step-00003"]

@@ -59,3 +59,30 @@ def test_ema_update_is_the_exponential_average_for_every_tensor():
     for key, value in module.state_dict().items():
         expected = 0.9 * before[key] + 0.1 * value.float() if value.dtype.is_floating_point else value
         torch.testing.assert_close(ema.shadow[key], expected.to(ema.shadow[key].dtype))
+
+
+def test_extra_ema_round_trips_loads_by_decay_and_starts_from_the_main_ema_on_resume(tmp_path):
+    import pytest
+
+    from attnscope.models.checkpoint import ema_name
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    main, slow = EMA(net, 0.5), EMA(net, 0.99)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    main.update(net, 10_000)
+    slow.update(net, 10_000)
+    save_checkpoint(tmp_path / "one", {"net": net}, None, {"step": 1}, {"net": main})
+    with pytest.raises(ValueError, match="--extra-ema"):
+        load_checkpoint(tmp_path / "one", {"net": torch.nn.Linear(3, 2)}, use_ema=0.99)
+    resumed = EMA(torch.nn.Linear(3, 2), 0.99)  # added on resume: starts from the main EMA
+    load_checkpoint(tmp_path / "one", {"net": torch.nn.Linear(3, 2)}, emas={ema_name("net", 0.99): resumed})
+    assert all(torch.equal(resumed.shadow[k], v) for k, v in main.shadow.items())
+
+    save_checkpoint(tmp_path / "two", {"net": net}, None, {"step": 1}, {"net": main, ema_name("net", 0.99): slow})
+    for use_ema, expected in [(False, net.state_dict()), (True, main.shadow), (0.99, slow.shadow)]:
+        loaded = torch.nn.Linear(3, 2)
+        load_checkpoint(tmp_path / "two", {"net": loaded}, use_ema=use_ema)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items()), use_ema
+    assert not torch.equal(main.shadow["weight"], slow.shadow["weight"])  # the three differ, so the loop can fail

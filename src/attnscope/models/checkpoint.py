@@ -69,9 +69,23 @@ def save_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None, me
     os.replace(folder / "checkpoint.json.tmp", folder / "checkpoint.json")
 
 
+def ema_name(module: str, decay: float) -> str:
+    """The key of a second EMA of ``module`` with another decay, as train and export spell it.
+
+    >>> ema_name("transformer", 0.9995)
+    'transformer@0.9995'
+    """
+    return f"{module}@{decay:g}"
+
+
 def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = None, emas: dict | None = None,
-                    use_ema: bool = False) -> dict | None:
-    """Restore what :func:`save_checkpoint` wrote; returns its metadata, or None if there is none."""
+                    use_ema: bool | float = False) -> dict | None:
+    """Restore what :func:`save_checkpoint` wrote; returns its metadata, or None if there is none.
+
+    ``use_ema`` loads the modules' EMA copies (where a module has one) instead of their own weights;
+    a decay (``use_ema=0.9995``) loads the second EMAs kept with that decay (``--extra-ema``). An
+    EMA in ``emas`` the checkpoint lacks (one added on resume) starts from the module's main EMA.
+    """
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -79,11 +93,18 @@ def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = N
         return None
     tensors = load_file(str(folder / "checkpoint.safetensors"))
     record = json.loads((folder / "checkpoint.json").read_text())
+    stored = {k.split("/", 1)[0] for k in tensors}
+    decay = use_ema if use_ema is not True and use_ema else None
+    if decay is not None and not any(f"ema_{ema_name(name, decay)}" in stored for name in modules):
+        kept = sorted(k.partition("@")[2] for k in stored if "@" in k) or ["none"]
+        raise ValueError(f"{folder} keeps no EMA with decay {decay:g} (kept: {', '.join(kept)}); "
+                         "train with --extra-ema to keep one.")
     for name, module in modules.items():
-        prefix = f"ema_{name}/" if use_ema and any(k.startswith(f"ema_{name}/") for k in tensors) else f"{name}/"
+        choices = ([f"ema_{ema_name(name, decay)}"] if decay else []) + ([f"ema_{name}"] if use_ema else []) + [name]
+        prefix = next(choice for choice in choices if choice in stored or choice == name) + "/"
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     for name, ema in (emas or {}).items():
-        prefix = f"ema_{name}/"
+        prefix = f"ema_{name}/" if f"ema_{name}" in stored else f"ema_{name.partition('@')[0]}/"
         device = next(iter(ema.shadow.values())).device
         ema.shadow = {k[len(prefix):]: v.float().to(device) for k, v in tensors.items() if k.startswith(prefix)}
     if opt is not None and "optimizer" in record:

@@ -27,7 +27,7 @@ from .train import load_vae, run_tokenizer
 DEFAULTS_FILE = "attnscope_defaults.json"
 
 
-def build_unet_pipeline(vae_run, unet_run, use_ema: bool = True):
+def build_unet_pipeline(vae_run, unet_run, use_ema: bool | float = True):
     from diffusers import StableDiffusionPipeline
 
     vae = load_vae(vae_run)
@@ -94,12 +94,19 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="recommended sampling steps")
     parser.add_argument("--guidance", type=float, default=4.0, help="recommended guidance scale")
     parser.add_argument("--raw", action="store_true", help="export the raw weights instead of their EMA (for comparison)")
+    parser.add_argument("--ema-decay", type=float, help="export the EMA kept with this decay (train_mmdit --extra-ema)")
     args = parser.parse_args(argv)
     if args.kind == "unet":
         build = build_unet_pipeline
     else:
         from .train_mmdit import build_pipeline as build
-    built = [build(args.vae, run, use_ema=not args.raw) for run in args.runs]
+    if args.raw and args.ema_decay:
+        parser.error("--raw and --ema-decay exclude each other: pick the raw weights or one EMA.")
+    use_ema = args.ema_decay or not args.raw
+    try:
+        built = [build(args.vae, run, use_ema=use_ema) for run in args.runs]
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     pipe, state = built[0]
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module):
@@ -109,7 +116,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{name}: {error}") from None
     defaults = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": arch.IMAGE_SIZE,
                 "width": arch.IMAGE_SIZE, "trained_steps": state["step"], "trained_seconds": round(state["seconds"]),
-                "weights": "raw" if args.raw else "ema"}
+                "weights": "raw" if args.raw else f"ema@{args.ema_decay:g}" if args.ema_decay else "ema"}
     if len(built) > 1:
         defaults["averaged"] = [{"run": str(run), "trained_steps": run_state["step"]} for run, (_, run_state) in zip(args.runs, built)]
     print(export(pipe, args.out, defaults))

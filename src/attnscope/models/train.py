@@ -186,8 +186,8 @@ def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, ar
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     step += 1
-    for name, ema in emas.items():
-        ema.update(modules[name], step)
+    for name, ema in emas.items():  # "transformer@0.9995": a second EMA of the transformer
+        ema.update(modules[name.partition("@")[0]], step)
     if step % LOG_EVERY == 0:
         state["log"].append([step, round(loss.item(), 5)])
         print(f"{tag} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)

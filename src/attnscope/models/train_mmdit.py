@@ -41,7 +41,7 @@ from ..core.tap import sdpa_arguments
 from ..files import staged_folder
 from . import repa
 from .distill import SIGMA_WINDOW, FlowTeacher
-from .checkpoint import EMA, load_checkpoint
+from .checkpoint import EMA, ema_name, load_checkpoint
 from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer, same_vae
 
 
@@ -260,7 +260,7 @@ def train(args) -> None:
     teacher = FlowTeacher(args.distill_from, tokenizer, device, tuple(args.distill_sigmas)) if args.distill else None
     empty_ids = arch.token_ids(tokenizer, [""])  # the teacher reads token ids, not the cached features
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.01)
-    emas = {"transformer": EMA(transformer, args.ema)}
+    emas = transformer_emas(transformer, args)
     state = load_checkpoint(args.out, modules, opt, emas)
     if state is None and args.init_from is not None:
         # continue from an exported pipeline (EMA weights); the optimizer starts afresh
@@ -268,7 +268,7 @@ def train(args) -> None:
 
         exported = SD3Transformer2DModel.from_pretrained(args.init_from / "transformer", dtype=torch.float32)
         transformer.load_state_dict(exported.state_dict())
-        emas = {"transformer": EMA(transformer, args.ema)}
+        emas = transformer_emas(transformer, args)
         done = json.loads((args.init_from / "attnscope_defaults.json").read_text()).get("trained_steps", 0)
         # the fresh optimizer warms up again, counted from the step the continuation starts at
         state = {"step": done, "seconds": 0.0, "log": [], "config": config, "init_from": str(args.init_from),
@@ -346,8 +346,16 @@ def keep_checkpoint(run, step: int) -> Path:
     return kept
 
 
-def build_pipeline(vae_run, run, use_ema: bool = True):
-    """The trained MM-DiT as a stock ``StableDiffusion3Pipeline`` (EMA weights unless ``use_ema=False``)."""
+def transformer_emas(transformer, args) -> dict:
+    """The transformer's EMA with ``--ema``, and one more for each ``--extra-ema`` decay."""
+    emas = {"transformer": EMA(transformer, args.ema)}
+    emas.update({ema_name("transformer", decay): EMA(transformer, decay) for decay in args.extra_ema})
+    return emas
+
+
+def build_pipeline(vae_run, run, use_ema: bool | float = True):
+    """The trained MM-DiT as a stock ``StableDiffusion3Pipeline``: EMA weights unless ``use_ema=False``;
+    ``use_ema=0.9995``: the EMA kept with that decay by ``--extra-ema``."""
     from diffusers import StableDiffusion3Pipeline
 
     design = run_design(run)
@@ -410,6 +418,9 @@ def main(argv=None) -> None:
                         help="from this step on, keep a copy of every checkpoint in OUT/keep/step-NNNNN (a run folder "
                              "that export reads) to gate checkpoints along the run; default: keep only the last")
     parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--extra-ema", type=float, nargs="+", default=[], metavar="DECAY",
+                        help="also keep EMAs with these decays (export --ema-decay picks one); added on resume, "
+                             "they start from the main EMA")
     parser.add_argument("--uncond", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--cooldown", type=float, default=0.0,
