@@ -96,6 +96,12 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     assert state["step"] == 2
     from safetensors.torch import load_file
 
+    mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "other-batches"), "--steps", "2", "--bank-from",
+                str(tmp_path / "mmdit"), "--bank", "8", "--batch-seed", "5"] + common)
+    other = load_file(str(tmp_path / "other-batches" / "checkpoint.safetensors"))
+    first = load_file(str(tmp_path / "mmdit" / "checkpoint.safetensors"))
+    assert any(not torch.equal(value, first[name]) for name, value in other.items() if name.startswith("transformer/"))
+
     raw = build_pipeline(tmp_path / "vae", tmp_path / "mmdit", use_ema=False)[0].transformer.state_dict()
     stored = load_file(str(tmp_path / "mmdit" / "checkpoint.safetensors"))
     assert all(torch.equal(value, stored[f"transformer/{name}"]) for name, value in raw.items())  # export --raw

@@ -280,8 +280,9 @@ def train(args) -> None:
         print(f"{args.out} has already trained {step} of --steps {args.steps}.", flush=True)
     bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS)
     draw_weights = scene_weights(captions_bank, dict(args.shape_weight))
+    stream_seed = args.seed if args.batch_seed is None else args.batch_seed
     while step < args.steps and time.time() - start < args.minutes * 60:
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(stream_seed * 1_000_003 + step)
         index = draw_scenes(len(captions_bank), args.batch, gen, draw_weights)
         x0 = bank[index].to(device)
         dropped = torch.rand(args.batch, generator=gen) < args.uncond
@@ -410,6 +411,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (design 3 first ran at 6e-4; docs/models.md)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-seed", type=int, help="seed of the batch stream alone (scenes, noise, σ, dropped "
+                        "captions; default --seed): a run resumed with another one finishes on other batches from "
+                        "the same weights, which measures how much its end alone varies")
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beta2", type=float, default=0.999,
