@@ -76,9 +76,15 @@ def test_extra_ema_round_trips_loads_by_decay_and_starts_from_the_main_ema_on_re
     save_checkpoint(tmp_path / "one", {"net": net}, None, {"step": 1}, {"net": main})
     with pytest.raises(ValueError, match="--extra-ema"):
         load_checkpoint(tmp_path / "one", {"net": torch.nn.Linear(3, 2)}, use_ema=0.99)
-    resumed = EMA(torch.nn.Linear(3, 2), 0.99)  # added on resume: starts from the main EMA
-    load_checkpoint(tmp_path / "one", {"net": torch.nn.Linear(3, 2)}, emas={ema_name("net", 0.99): resumed})
-    assert all(torch.equal(resumed.shadow[k], v) for k, v in main.shadow.items())
+    other = torch.nn.Linear(3, 2)
+    emas = {"net": EMA(other, 0.5), ema_name("net", 0.99): EMA(other, 0.99)}  # the second is added on resume
+    load_checkpoint(tmp_path / "one", {"net": other}, emas=emas)
+    assert all(torch.equal(emas[ema_name("net", 0.99)].shadow[k], v) for k, v in main.shadow.items())  # from the main EMA
+    reloaded = {k: v.clone() for k, v in emas["net"].shadow.items()}
+    with torch.no_grad():
+        other.weight.add_(1.0)
+    emas[ema_name("net", 0.99)].update(other, 10_000)
+    assert all(torch.equal(emas["net"].shadow[k], v) for k, v in reloaded.items())  # they share no tensor
 
     save_checkpoint(tmp_path / "two", {"net": net}, None, {"step": 1}, {"net": main, ema_name("net", 0.99): slow})
     for use_ema, expected in [(False, net.state_dict()), (True, main.shadow), (0.99, slow.shadow)]:

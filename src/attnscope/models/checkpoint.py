@@ -106,7 +106,8 @@ def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = N
     for name, ema in (emas or {}).items():
         prefix = f"ema_{name}/" if f"ema_{name}" in stored else f"ema_{name.partition('@')[0]}/"
         device = next(iter(ema.shadow.values())).device
-        ema.shadow = {k[len(prefix):]: v.float().to(device) for k, v in tensors.items() if k.startswith(prefix)}
+        # a copy each: two EMAs started from one stored EMA must not share (and doubly update) its tensors
+        ema.shadow = {k[len(prefix):]: v.to(device, torch.float32, copy=True) for k, v in tensors.items() if k.startswith(prefix)}
     if opt is not None and "optimizer" in record:
         state: dict = {}
         for key, value in tensors.items():
