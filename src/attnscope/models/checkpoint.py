@@ -78,6 +78,11 @@ def ema_name(module: str, decay: float) -> str:
     return f"{module}@{decay:g}"
 
 
+def ema_module(name: str) -> str:
+    """The module an EMA key follows: ``ema_module("transformer@0.9995") == "transformer"``."""
+    return name.partition("@")[0]
+
+
 def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = None, emas: dict | None = None,
                     use_ema: bool | float = False) -> dict | None:
     """Restore what :func:`save_checkpoint` wrote; returns its metadata, or None if there is none.
@@ -94,7 +99,7 @@ def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = N
     tensors = load_file(str(folder / "checkpoint.safetensors"))
     record = json.loads((folder / "checkpoint.json").read_text())
     stored = {k.split("/", 1)[0] for k in tensors}
-    decay = use_ema if use_ema is not True and use_ema else None
+    decay = None if isinstance(use_ema, bool) else use_ema
     if decay is not None and not any(f"ema_{ema_name(name, decay)}" in stored for name in modules):
         kept = sorted(k.partition("@")[2] for k in stored if "@" in k) or ["none"]
         raise ValueError(f"{folder} keeps no EMA with decay {decay:g} (kept: {', '.join(kept)}); "
@@ -104,7 +109,7 @@ def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = N
         prefix = next(choice for choice in choices if choice in stored or choice == name) + "/"
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     for name, ema in (emas or {}).items():
-        prefix = f"ema_{name}/" if f"ema_{name}" in stored else f"ema_{name.partition('@')[0]}/"
+        prefix = f"ema_{name}/" if f"ema_{name}" in stored else f"ema_{ema_module(name)}/"
         device = next(iter(ema.shadow.values())).device
         # a copy each: two EMAs started from one stored EMA must not share (and doubly update) its tensors
         ema.shadow = {k[len(prefix):]: v.to(device, torch.float32, copy=True) for k, v in tensors.items() if k.startswith(prefix)}

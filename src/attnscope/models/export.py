@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     except ValueError as error:
         raise SystemExit(str(error)) from None
     pipe, state = built[0]
-    for name, module in pipe.components.items():
+    for name, module in pipe.components.items() if len(built) > 1 else ():
         if isinstance(module, torch.nn.Module):
             try:
                 average_weights([other.components[name] for other, _ in built])

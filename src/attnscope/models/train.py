@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..datasets.shapes import make_scene, scene_tensor
 from . import architectures as arch
-from .checkpoint import EMA, load_checkpoint, save_checkpoint
+from .checkpoint import EMA, ema_module, load_checkpoint, save_checkpoint
 
 
 LOG_EVERY = 25  # steps between logged losses
@@ -187,7 +187,7 @@ def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, ar
     opt.step()
     step += 1
     for name, ema in emas.items():  # "transformer@0.9995": a second EMA of the transformer
-        ema.update(modules[name.partition("@")[0]], step)
+        ema.update(modules[ema_module(name)], step)
     if step % LOG_EVERY == 0:
         state["log"].append([step, round(loss.item(), 5)])
         print(f"{tag} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
