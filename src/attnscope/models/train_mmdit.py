@@ -41,6 +41,7 @@ from ..core.tap import sdpa_arguments
 from ..files import staged_folder
 from . import repa
 from .distill import SIGMA_WINDOW, FlowTeacher
+from .object_weight import object_cells, weighted_mse
 from .checkpoint import EMA, ema_name, load_checkpoint
 from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer, same_vae
 
@@ -257,6 +258,9 @@ def train(args) -> None:
                                                args.seed, device=device)
         modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1]).to(device)
         params += list(head.parameters())
+    cells = None
+    if args.object_weight != 1.0:
+        cells = object_cells(bank_folder, args.seed, args.bank, bank.shape[-1], captions_bank)
     teacher = FlowTeacher(args.distill_from, tokenizer, device, tuple(args.distill_sigmas)) if args.distill else None
     empty_ids = arch.token_ids(tokenizer, [""])  # the teacher reads token ids, not the cached features
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.01)
@@ -302,8 +306,11 @@ def train(args) -> None:
         with bias, tap:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
-            loss = F.mse_loss(pred, target)
-            flow_loss = F.mse_loss(pred.detach(), flow_target) if teacher is not None else loss  # logged: the data loss
+            if cells is None:
+                loss = F.mse_loss(pred, target)
+            else:
+                loss = weighted_mse(pred, target, 1 + (args.object_weight - 1) * cells[index].to(device))
+            flow_loss = F.mse_loss(pred.detach(), flow_target) if teacher is not None or cells is not None else loss  # logged: the plain data loss
             if args.repa:
                 loss = loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
         if (step + 1) % LOG_EVERY == 0:
@@ -447,6 +454,8 @@ def main(argv=None) -> None:
                         help="Stable Diffusion folder (ε-prediction UNet, same tokenizer) whose denoiser is the teacher")
     parser.add_argument("--distill-sigmas", type=float, nargs=2, default=SIGMA_WINDOW, metavar=("LOW", "HIGH"),
                         help="flow levels σ at which the teacher is used (elsewhere the data target)")
+    parser.add_argument("--object-weight", type=float, default=1.0, metavar="W",
+                        help="weight of the flow loss on latent cells that touch an object, against 1 elsewhere (object_weight.py; 1: plain loss)")
     parser.add_argument("--shape-weight", type=_shape_weight, action="append", default=[], metavar="SHAPE=W",
                         help="draw bank scenes naming SHAPE W times as often (repeatable; a scene's weight is the mean "
                              "over its shapes; e.g. --shape-weight cross=2 for the shapes the MM-DiT draws worst)")
@@ -463,6 +472,8 @@ def main(argv=None) -> None:
         parser.error(f"--sigma-std is the spread of the logit-normal σ distribution and must be positive, not {args.sigma_std}")
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill is the teacher's share of the target in [0, 1], not {args.distill}")
+    if args.object_weight <= 0:
+        parser.error(f"--object-weight is the loss weight of object cells against 1 for the rest and must be positive, not {args.object_weight}")
     torch.set_num_threads(args.threads)
     train(args)
 
