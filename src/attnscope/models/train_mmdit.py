@@ -8,8 +8,9 @@ Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer 
 where hybrid sampling found the MM-DiT failing, docs/models.md); DiT's adaLN-Zero initialisation;
 a REPA alignment loss towards the shipped UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md). ``--distill``
 regresses on the UNet's denoiser instead of the data target (``distill.py``; lower loss at equal
-steps, but its extra pass made it worse at equal time on a CPU). Like SD3, which starts from
-pretrained CLIP encoders, the text side is pretrained and frozen: both CLIP encoders are made from
+steps, but its extra pass made it worse at equal time on a CPU). ``--object-weight`` weighs the
+loss on latent cells that hold objects more (``object_weight.py``; a run with 3 gated lower).
+Like SD3, which starts from pretrained CLIP encoders, the text side is pretrained and frozen: both CLIP encoders are made from
 the shipped UNet's text encoder (``--text-from``); only the transformer trains, and the text
 features of every bank caption are computed once when a run starts (``caption_features``).
 There is no T5.
