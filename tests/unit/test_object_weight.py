@@ -40,7 +40,11 @@ def test_bank_cells_follow_the_bank_stream_and_refuse_another(tmp_path):
     assert torch.equal(object_cells(tmp_path, seed, size, 16, captions, chunk=chunk), cells)  # read back from the cache
     with pytest.raises(SystemExit, match="not drawn from seed 5"):
         object_cells(tmp_path / "other", 5, size, 16, captions, chunk=chunk)
-    with pytest.raises(SystemExit):
-        from attnscope.models.train_mmdit import main
 
-        main(["--vae", "v", "--out", "o", "--object-weight", "0"])
+
+def test_a_weight_that_is_not_positive_is_refused():
+    from attnscope.models.train_mmdit import main
+
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            main(["--vae", "v", "--out", "o", "--object-weight", bad])
