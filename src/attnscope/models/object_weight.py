@@ -6,20 +6,17 @@ ShapesWorld knows every object's exact mask, so the loss can spend more of its w
 gate looks: a cell that any object touches (after growing the masks by one pixel, so that edges
 count) weighs ``W``, every other cell 1, and the weighted mean keeps the loss on the plain scale.
 
-    masks = object_cells(run, seed=0, size=24_000, side=16, captions=captions)   # (N, 1, 16, 16) in {0, 1}
-    loss = weighted_mse(pred, target, 1 + 3 * masks[index])
+    cells = object_cells(run, seed=0, size=24_000, side=16, captions=captions)   # (N, 1, 16, 16) in {0, 1}
+    loss = weighted_mse(pred, target, 1 + 2 * cells[index])                      # W = 3
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from . import architectures as arch
 
 CELLS_FILE = "bank-objects.safetensors"
 
@@ -39,8 +36,7 @@ def object_cells(folder: Path, seed: int, size: int, side: int, captions: list[s
     """
     from safetensors.torch import load_file, save_file
 
-    from .train import BANK_CHUNK
-    from ..datasets.shapes import make_scene
+    from .train import BANK_CHUNK, bank_scenes
 
     chunk = chunk or BANK_CHUNK
     path = folder / CELLS_FILE
@@ -50,8 +46,7 @@ def object_cells(folder: Path, seed: int, size: int, side: int, captions: list[s
             return cells
     parts = []
     for start in range(0, size, chunk):
-        rng = np.random.default_rng([seed + 1_000_000, start // chunk])
-        scenes = [make_scene(rng, size=arch.IMAGE_SIZE) for _ in range(min(chunk, size - start))]
+        scenes = bank_scenes(seed, start, min(chunk, size - start), chunk)
         drawn = [scene.caption for scene in scenes]
         if drawn != captions[start:start + len(scenes)]:
             raise SystemExit(f"The bank in {folder} was not drawn from seed {seed}; rebuild it (no --bank-from) "
@@ -59,9 +54,9 @@ def object_cells(folder: Path, seed: int, size: int, side: int, captions: list[s
         parts.append(scene_cells(scenes, side))
     cells = torch.cat(parts).contiguous()
     folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file({"cells": cells.half()}, str(partial), metadata={"seed": json.dumps(seed)})
-    partial.replace(path)  # a run stopped while saving leaves no half-written cache behind
+    staged = folder / (CELLS_FILE + ".tmp")
+    save_file({"cells": cells.half()}, str(staged))
+    staged.replace(path)  # a run stopped while saving leaves no half-written cache behind
     return cells
 
 

@@ -28,12 +28,23 @@ from .checkpoint import EMA, ema_module, load_checkpoint, save_checkpoint
 
 LOG_EVERY = 25  # steps between logged losses
 BANK_CHUNK = 64  # scenes drawn and encoded together when a latent bank is built (chunk i is scene_batch step i)
+BANK_STREAM = 1_000_000  # a bank of seed s draws its scenes from the stream of seed s + BANK_STREAM
+
+
+def training_scenes(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE) -> list:
+    """The ``batch`` scenes (with their exact masks) of training step ``step``."""
+    rng = np.random.default_rng([seed, step])
+    return [make_scene(rng, size=size) for _ in range(batch)]
+
+
+def bank_scenes(seed: int, start: int, count: int, chunk: int = BANK_CHUNK) -> list:
+    """Scenes ``start .. start + count`` of the latent bank of ``seed`` (``start`` a multiple of ``chunk``)."""
+    return training_scenes(seed + BANK_STREAM, start // chunk, count)
 
 
 def scene_batch(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE):
     """Images in [-1, 1] ``(B, 3, H, W)`` and captions for training step ``step``."""
-    rng = np.random.default_rng([seed, step])
-    scenes = [make_scene(rng, size=size) for _ in range(batch)]
+    scenes = training_scenes(seed, step, batch, size)
     return scene_tensor(scenes), [s.caption for s in scenes]
 
 
@@ -158,8 +169,8 @@ def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = BANK_CHUNK
     latents, captions = [], []
     with torch.no_grad():
         for start in range(0, size, chunk):
-            images, caps = scene_batch(seed + 1_000_000, start // chunk, min(chunk, size - start))
-            images = images.to(vae.device)
+            scenes = bank_scenes(seed, start, min(chunk, size - start), chunk)
+            images, caps = scene_tensor(scenes).to(vae.device), [s.caption for s in scenes]
             latents.append((vae.encode(images).latent_dist.mean * vae.config.scaling_factor).cpu())
             captions += caps
             if (start // chunk) % 20 == 0:

@@ -42,8 +42,8 @@ from ..core.tap import sdpa_arguments
 from ..files import staged_folder
 from . import repa
 from .distill import SIGMA_WINDOW, FlowTeacher
-from .object_weight import object_cells, weighted_mse
 from .checkpoint import EMA, ema_name, load_checkpoint
+from .object_weight import object_cells, weighted_mse
 from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer, same_vae
 
 
@@ -259,9 +259,9 @@ def train(args) -> None:
                                                args.seed, device=device)
         modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1]).to(device)
         params += list(head.parameters())
-    cells = None
+    cell_weights = None  # per-cell loss weights of every bank scene: W on object cells, 1 elsewhere
     if args.object_weight != 1.0:
-        cells = object_cells(bank_folder, args.seed, args.bank, bank.shape[-1], captions_bank)
+        cell_weights = 1 + (args.object_weight - 1) * object_cells(bank_folder, args.seed, args.bank, bank.shape[-1], captions_bank)
     teacher = FlowTeacher(args.distill_from, tokenizer, device, tuple(args.distill_sigmas)) if args.distill else None
     empty_ids = arch.token_ids(tokenizer, [""])  # the teacher reads token ids, not the cached features
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.01)
@@ -307,15 +307,15 @@ def train(args) -> None:
         with bias, tap:
             pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten() * 1000).sample
-            if cells is None:
-                loss = F.mse_loss(pred, target)
+            if cell_weights is None:
+                loss = data_loss = F.mse_loss(pred, target)
             else:
-                loss = weighted_mse(pred, target, 1 + (args.object_weight - 1) * cells[index].to(device))
-            flow_loss = F.mse_loss(pred.detach(), flow_target) if teacher is not None or cells is not None else loss  # logged: the plain data loss
+                loss = data_loss = weighted_mse(pred, target, cell_weights[index].to(device))
             if args.repa:
                 loss = loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
-        if (step + 1) % LOG_EVERY == 0:
-            state.setdefault("flow_log", []).append([step + 1, round(flow_loss.item(), 5)])
+        if (step + 1) % LOG_EVERY == 0:  # logged: the plain flow loss, whatever the target and weights
+            plain = data_loss if teacher is None and cell_weights is None else F.mse_loss(pred.detach(), flow_target)
+            state.setdefault("flow_log", []).append([step + 1, round(plain.item(), 5)])
         step = optimizer_step("mmdit", loss, opt, params, modules, emas, state, step, start, args)
         if args.keep_from is not None and step >= args.keep_from and step % args.every == 0:
             keep_checkpoint(args.out, step)
