@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ def _feature_module(unet, grid: int):
     matching = [key for key, width in shapes.items() if width == grid]
     if not matching:
         raise ValueError(f"The UNet has no up-path attention block at {grid}×{grid} (it has {sorted(set(shapes.values()))}); "
-                         "choose a --patch whose token grid matches one.")
+                         "choose a --patch whose token grid matches one, and --repa-grid values among those sizes.")
     i, j = max(matching)
     return unet.up_blocks[i].attentions[j]
 
@@ -82,25 +83,49 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
 
 
 def cached_teacher_features(folder: Path, teacher: Path, latents, captions, tokenizer, grid: int, seed: int,
-                            device="cpu") -> torch.Tensor:
-    """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``).
+                            device="cpu", token_grid: int | None = None) -> torch.Tensor:
+    """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``;
+    ``repa-16.safetensors`` for a ``grid`` of 16 that is finer than the token grid).
 
     ``latents`` are the scenes in the teacher's latent space, or a function that makes them (called
     only when the cache is missing: a run whose VAE differs from the teacher's encodes them anew).
     """
     from safetensors.torch import load_file, save_file
 
-    path, meta_path = folder / "repa.safetensors", folder / "repa.json"
+    stem = "repa" if token_grid in (None, grid) else f"repa-{grid}"
+    path, meta_path = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     meta = {"teacher": str(teacher), "grid": grid, "scenes": len(captions), "seed": seed, "timestep": FEATURE_TIMESTEP}
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return load_file(str(path))["features"]
     latents = latents() if callable(latents) else latents
     features = teacher_features(teacher, latents, captions, tokenizer, grid, seed, device=device)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({"features": features.contiguous()}, str(folder / "repa.safetensors.tmp"))
-    (folder / "repa.safetensors.tmp").replace(path)
+    staged = path.with_name(path.name + ".tmp")
+    save_file({"features": features.contiguous()}, str(staged))
+    staged.replace(path)
     meta_path.write_text(json.dumps(meta))
     return features
+
+
+def per_token(features: torch.Tensor, token_grid: int) -> torch.Tensor:
+    """Teacher features on a grid finer than the tokens, grouped by the token that covers them.
+
+    ``(n, grid², c)`` in raster order becomes ``(n, token_grid², (grid / token_grid)², c)``: each
+    token is aligned with every teacher cell under it (its sub-token detail). At the token grid
+    itself the features come back as they are.
+
+        per_token(torch.randn(5, 16 * 16, 48), 8).shape   # (5, 64, 4, 48)
+    """
+    n, cells, channels = features.shape
+    grid = math.isqrt(cells)
+    if grid * grid != cells or grid % token_grid:
+        raise ValueError(f"teacher features on {cells} cells do not cover a {token_grid}×{token_grid} token grid evenly; "
+                         "pass --repa-grid multiples of the token grid.")
+    if grid == token_grid:
+        return features
+    k = grid // token_grid
+    cells = features.reshape(n, token_grid, k, token_grid, k, channels).permute(0, 1, 3, 2, 4, 5)
+    return cells.reshape(n, token_grid * token_grid, k * k, channels)
 
 
 def projector(width: int, target_width: int) -> torch.nn.Module:
@@ -137,5 +162,10 @@ class BlockTap:
 
 
 def alignment_loss(hidden: torch.Tensor, target: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    """REPA's loss: 1 − mean cosine similarity between projected tokens and the teacher's features."""
-    return 1 - F.cosine_similarity(head(hidden), target.to(hidden.dtype), dim=-1).mean()
+    """REPA's loss: 1 − mean cosine similarity between projected tokens and the teacher's features.
+
+    ``target`` is ``(batch, tokens, channels)``, or ``(batch, tokens, cells, channels)`` for the
+    finer grids of :func:`per_token`; the head then predicts every cell of a token at once.
+    """
+    predicted = head(hidden).reshape(target.shape)
+    return 1 - F.cosine_similarity(predicted, target.to(hidden.dtype), dim=-1).mean()

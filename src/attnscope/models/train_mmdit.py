@@ -240,6 +240,11 @@ def train(args) -> None:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config["latent"] = list(arch.latent_shape(vae))
     _check_same_design(args.out, config)  # before the bank and the REPA features, which take minutes
+    token_grid = transformer.config.sample_size // transformer.config.patch_size
+    for grid in args.repa_grid or []:
+        if grid % token_grid:
+            raise SystemExit(f"--repa-grid {grid} is not a multiple of the {token_grid}×{token_grid} token grid; "
+                             f"pass {token_grid} or a multiple of it.")
     tap = repa.BlockTap(transformer, args.repa_block) if args.repa else nullcontext()
     bank_folder = Path(args.bank_from or args.out)
     bank, captions_bank = latent_bank(vae, bank_folder, args.seed, args.bank)
@@ -253,12 +258,19 @@ def train(args) -> None:
     for module in modules.values():
         module.to(device)
     params = list(transformer.parameters())
+    alignments = []  # (teacher features grouped per token, projector) for each --repa-grid
     if args.repa:
-        grid = transformer.config.sample_size // transformer.config.patch_size
-        targets = repa.cached_teacher_features(bank_folder, args.repa_from, repa_latents, captions_bank, tokenizer, grid,
-                                               args.seed, device=device)
-        modules["repa_projector"] = head = repa.projector(transformer.inner_dim, targets.shape[-1]).to(device)
-        params += list(head.parameters())
+        for grid in args.repa_grid or [token_grid]:
+            try:
+                features = repa.cached_teacher_features(bank_folder, args.repa_from, repa_latents, captions_bank, tokenizer,
+                                                        grid, args.seed, device=device, token_grid=token_grid)
+            except ValueError as error:  # the UNet has no block at that grid
+                raise SystemExit(str(error)) from None
+            features = repa.per_token(features, token_grid)
+            name = "repa_projector" if grid == token_grid else f"repa_projector_{grid}"
+            modules[name] = head = repa.projector(transformer.inner_dim, features[0, 0].numel()).to(device)
+            params += list(head.parameters())
+            alignments.append((features, head))
     cell_weights = None  # per-cell loss weights of every bank scene: W on object cells, 1 elsewhere
     if args.object_weight != 1.0:
         cell_weights = 1 + (args.object_weight - 1) * object_cells(bank_folder, args.seed, args.bank, bank.shape[-1], captions_bank)
@@ -311,8 +323,8 @@ def train(args) -> None:
                 loss = data_loss = F.mse_loss(pred, target)
             else:
                 loss = data_loss = weighted_mse(pred, target, cell_weights[index].to(device))
-            if args.repa:
-                loss = loss + args.repa * repa.alignment_loss(tap.hidden, targets[index].to(device), head)
+            for features, head in alignments:
+                loss = loss + args.repa * repa.alignment_loss(tap.hidden, features[index].to(device), head)
         if (step + 1) % LOG_EVERY == 0:  # logged: the plain flow loss, whatever the target and weights
             plain = data_loss if teacher is None and cell_weights is None else F.mse_loss(pred.detach(), flow_target)
             state.setdefault("flow_log", []).append([step + 1, round(plain.item(), 5)])
@@ -448,6 +460,9 @@ def main(argv=None) -> None:
     parser.add_argument("--blocks", type=int, default=arch.SD3_BLOCKS, help="joint-attention blocks")
     parser.add_argument("--repa", type=float, default=0.5, help="weight of the REPA alignment loss (0: off; 0.5 as in REPA's paper)")
     parser.add_argument("--repa-block", type=int, default=2, help="the block whose image tokens are aligned")
+    parser.add_argument("--repa-grid", type=int, action="append", metavar="G",
+                        help="align with the UNet's up-path features at G×G (repeatable; default: the token grid). A grid "
+                             "finer than the tokens aligns each token with every cell under it, each grid weighted --repa")
     parser.add_argument("--repa-from", type=Path, default=WEIGHTS / "shapes-unet", help="Stable Diffusion folder whose UNet is the encoder")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="share of the teacher's velocity in the regression target (0: the data target only; 1: the teacher's; see distill.py)")
@@ -473,6 +488,10 @@ def main(argv=None) -> None:
         parser.error(f"--sigma-std is the spread of the logit-normal σ distribution and must be positive, not {args.sigma_std}")
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill is the teacher's share of the target in [0, 1], not {args.distill}")
+    if args.repa_grid and not args.repa:
+        parser.error("--repa-grid chooses the REPA targets; it needs --repa above 0")
+    if args.repa_grid and len(set(args.repa_grid)) != len(args.repa_grid):
+        parser.error(f"--repa-grid is given twice for one grid ({args.repa_grid}); pass each grid once")
     if args.object_weight <= 0:
         parser.error(f"--object-weight is the loss weight of object cells against 1 for the rest and must be positive, not {args.object_weight}")
     torch.set_num_threads(args.threads)
