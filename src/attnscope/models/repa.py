@@ -7,7 +7,9 @@ through a small MLP, towards a pretrained encoder's features of the *clean* imag
 encoder is the ShapesWorld UNet (ours, trained on the same scenes): the output of its last
 up-path cross-attention block at the transformer's token-grid resolution, with the scene's caption,
 at a light noise level. The MLP is trained with the transformer and dropped at export, so the
-exported pipeline is a stock SD3 folder.
+exported pipeline is a stock SD3 folder. ``--repa-grid 16`` adds (or, alone, uses) the UNet's
+16×16 block as a target on an 8×8 token grid: each token's MLP then predicts the four teacher
+cells under it (:func:`per_token`), detail finer than a token that its own target averages away.
 
     python -m attnscope.models.train_mmdit --vae src/attnscope/models/weights/shapes-unet --out runs/mmdit6 --repa 0.5
 

@@ -6,7 +6,8 @@
 Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer predicts ``ε - x_0``,
 σ drawn logit-normal (``--sigma-mean/--sigma-std``; the shipped run draws more σ in 0.4–0.8,
 where hybrid sampling found the MM-DiT failing, docs/models.md); DiT's adaLN-Zero initialisation;
-a REPA alignment loss towards the shipped UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md). ``--distill``
+a REPA alignment loss towards the shipped UNet's features (``repa.py``; most of the gain at equal steps, docs/models.md;
+``--repa-grid 8 --repa-grid 16`` adds its 16×16 features, four cells per token: a run with it gated no better). ``--distill``
 regresses on the UNet's denoiser instead of the data target (``distill.py``; lower loss at equal
 steps, but its extra pass made it worse at equal time on a CPU). ``--object-weight`` weighs the
 loss on latent cells that hold objects more (``object_weight.py``; a run with 3 gated lower).
@@ -332,6 +333,9 @@ def train(args) -> None:
         if args.keep_from is not None and step >= args.keep_from and step % args.every == 0:
             keep_checkpoint(args.out, step)
     _save(args.out, modules, opt, state, step, start, emas)
+    if step < args.steps and args.cooldown:
+        print(f"Stopped by --minutes at step {step} of --steps {args.steps}, before the cooldown ended; "
+              "run the same command again to finish it.", flush=True)
 
 
 def noised_input(x0, noise, sigma, perturbation: float = 0.0, generator=None):
