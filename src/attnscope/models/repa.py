@@ -87,7 +87,7 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
 def cached_teacher_features(folder: Path, teacher: Path, latents, captions, tokenizer, grid: int, seed: int,
                             device="cpu", token_grid: int | None = None) -> torch.Tensor:
     """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``;
-    ``repa-16.safetensors`` for a ``grid`` of 16 that is finer than the token grid).
+    ``repa-G.safetensors`` for a ``grid`` G other than ``token_grid``, a finer target).
 
     ``latents`` are the scenes in the teacher's latent space, or a function that makes them (called
     only when the cache is missing: a run whose VAE differs from the teacher's encodes them anew).
