@@ -1,4 +1,4 @@
-"""Folders that appear complete or not at all.
+"""Folders and tensor files that appear complete or not at all.
 
 Example:
     >>> import tempfile, pathlib
@@ -36,3 +36,17 @@ def staged_folder(target: str | os.PathLike):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike) -> None:
+    """Write ``tensors`` to the safetensors file ``path`` through ``path.tmp``: a run stopped while
+    saving leaves no half-written file under the real name.
+
+        save_tensors({"features": features}, run / "repa.safetensors")
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    staged = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(staged))
+    os.replace(staged, path)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..files import save_tensors
+
 CELLS_FILE = "bank-objects.safetensors"
 
 
@@ -34,7 +36,7 @@ def object_cells(folder: Path, seed: int, size: int, side: int, captions: list[s
     The scenes are drawn again from the bank's own random stream; their captions must equal the
     bank's, so a bank built otherwise is refused rather than paired with the wrong masks.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .train import BANK_CHUNK, bank_scenes
 
@@ -54,9 +56,7 @@ def object_cells(folder: Path, seed: int, size: int, side: int, captions: list[s
         parts.append(scene_cells(scenes, side))
     cells = torch.cat(parts).contiguous()
     folder.mkdir(parents=True, exist_ok=True)
-    staged = folder / (CELLS_FILE + ".tmp")
-    save_file({"cells": cells.half()}, str(staged))
-    staged.replace(path)  # a run stopped while saving leaves no half-written cache behind
+    save_tensors({"cells": cells.half()}, path)
     return cells
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..files import save_tensors
 from . import architectures as arch
 
 #: the UNet sees each clean scene noised to this training timestep (of 1000) when its features are read
@@ -92,7 +93,7 @@ def cached_teacher_features(folder: Path, teacher: Path, latents, captions, toke
     ``latents`` are the scenes in the teacher's latent space, or a function that makes them (called
     only when the cache is missing: a run whose VAE differs from the teacher's encodes them anew).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     stem = "repa" if token_grid in (None, grid) else f"repa-{grid}"
     path, meta_path = folder / f"{stem}.safetensors", folder / f"{stem}.json"
@@ -102,9 +103,7 @@ def cached_teacher_features(folder: Path, teacher: Path, latents, captions, toke
     latents = latents() if callable(latents) else latents
     features = teacher_features(teacher, latents, captions, tokenizer, grid, seed, device=device)
     folder.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(path.name + ".tmp")
-    save_file({"features": features.contiguous()}, str(staged))
-    staged.replace(path)
+    save_tensors({"features": features.contiguous()}, path)
     meta_path.write_text(json.dumps(meta))
     return features
 
