@@ -78,6 +78,10 @@ def test_eval_gate_only(tmp_path):
         assert record["match"] == (not record["missing"]) and len(record["found"]) >= record["n_objects"] * record["match"]
     missed = results["missed_objects"]
     assert sum(sum(counts.values()) for counts in missed.values()) == sum(len(r["missing"]) for r in results["per_image"])
+    for record in results["per_image"]:  # every object has a drawn size; every missed one is among them
+        assert len(record["sizes"]) == record["n_objects"] and len(record["missing_sizes"]) == len(record["missing"])
+    assert set(results["missed_by_size"]) <= {"small", "large"}
+    assert all(0.0 <= share <= 1.0 for share in results["missed_by_size"].values())
 
     from attnscope.eval.compare import compare_gates, load_gate
 

@@ -62,3 +62,23 @@ def test_missed_objects_are_split_by_whether_their_colour_was_found():
                {"missing": ["red cross"], "found": []}]
     assert missed_objects(records) == {"colour absent": {"cross": 1, "star": 1}, "other shape": {"cross": 1}}
     assert missed_objects([]) == {"colour absent": {}, "other shape": {}}
+
+
+def test_drawn_instead_counts_only_detections_in_the_missed_objects_colour():
+    from attnscope.eval.cli import drawn_instead
+
+    records = [{"missing": ["red cross", "blue star"], "found": ["red star", "red cross", "green circle"]},
+               {"missing": ["red cross"], "found": ["red square"]},
+               {"missing": [], "found": ["red circle"]}]
+    # a detection with the missed shape itself (another red cross) is not a confusion and is not counted
+    assert drawn_instead(records) == {"cross": {"square": 1, "star": 1}}
+    assert drawn_instead([]) == {}
+
+
+def test_missed_by_size_is_the_share_of_objects_of_each_size_left_unfound():
+    from attnscope.eval.cli import missed_by_size
+
+    records = [{"sizes": ["small", "large", "small"], "missing_sizes": ["small"]},
+               {"sizes": ["large"], "missing_sizes": ["large"]}]
+    assert missed_by_size(records) == {"large": 0.5, "small": 0.5}
+    assert missed_by_size([]) == {}

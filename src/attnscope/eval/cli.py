@@ -98,7 +98,8 @@ def cmd_eval(args) -> int:
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
                       quality_by_objects=_pass_rates(records, lambda r: [r["n_objects"]]),
                       quality_by_shape=_pass_rates(records, lambda r: r["shapes"]),
-                      missed_objects=missed_objects(records),
+                      missed_objects=missed_objects(records), drawn_instead=drawn_instead(records),
+                      missed_by_size=missed_by_size(records),
                       truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
         extra = ("Quality gate: share of generated images in which the detector finds every captioned object "
                  f"with the right colour and shape: **{gate:.1%}** of {len(records)}.")
@@ -143,3 +144,39 @@ def missed_objects(records: list) -> dict:
             counts = kinds["other shape" if colour in colours else "colour absent"]
             counts[shape] = counts.get(shape, 0) + 1
     return {kind: dict(sorted(counts.items())) for kind, counts in kinds.items()}
+
+
+def drawn_instead(records: list) -> dict:
+    """For each captioned object found in its colour but not its shape, the shapes the detector saw in
+    that colour, counted as ``{captioned shape: {detected shape: count}}`` (a confusion table of the misses).
+
+        drawn_instead([{"missing": ["red cross"], "found": ["red star", "blue circle"]}])
+        # {'cross': {'star': 1}}
+    """
+    table: dict = {}
+    for record in records:
+        for item in record["missing"]:
+            colour, shape = item.split()
+            for detected in record["found"]:
+                found_colour, found_shape = detected.split()
+                if found_colour == colour and found_shape != shape:
+                    row = table.setdefault(shape, {})
+                    row[found_shape] = row.get(found_shape, 0) + 1
+    return {shape: dict(sorted(row.items())) for shape, row in sorted(table.items())}
+
+
+def missed_by_size(records: list) -> dict:
+    """Share of captioned objects the detector did not find, by the object's drawn size (whether or not
+    the caption says it): tells whether misses are a matter of resolution.
+
+        missed_by_size([{"sizes": ["small", "large"], "missing_sizes": ["small"]}])
+        # {'large': 0.0, 'small': 1.0}
+    """
+    total: dict = {}
+    missed: dict = {}
+    for record in records:
+        for size in record["sizes"]:
+            total[size] = total.get(size, 0) + 1
+        for size in record["missing_sizes"]:
+            missed[size] = missed.get(size, 0) + 1
+    return {str(size): round(missed.get(size, 0) / count, 4) for size, count in sorted(total.items(), key=str)}

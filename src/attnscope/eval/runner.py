@@ -93,6 +93,8 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
                             "match": all(hit is not None for hit in hits),  # matches_caption, from the same hits
                             "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects),
                             "missing": [f"{o.color} {o.shape}" for o, hit in zip(scene.objects, hits) if hit is None],
+                            "sizes": [o.size for o in scene.objects],
+                            "missing_sizes": [o.size for o, hit in zip(scene.objects, hits) if hit is None],
                             "found": [f"{d.color} {d.shape}" for d in found]})
             gts.append(masks_for_words(found, scene))
         if methods:
