@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 
@@ -172,11 +173,6 @@ def missed_by_size(records: list) -> dict:
         missed_by_size([{"sizes": ["small", "large"], "missing_sizes": ["small"]}])
         # {'large': 0.0, 'small': 1.0}
     """
-    total: dict = {}
-    missed: dict = {}
-    for record in records:
-        for size in record["sizes"]:
-            total[size] = total.get(size, 0) + 1
-        for size in record["missing_sizes"]:
-            missed[size] = missed.get(size, 0) + 1
-    return {str(size): round(missed.get(size, 0) / count, 4) for size, count in sorted(total.items(), key=str)}
+    total = Counter(size for record in records for size in record["sizes"])
+    missed = Counter(size for record in records for size in record["missing_sizes"])
+    return {str(size): round(missed[size] / total[size], 4) for size in sorted(total, key=str)}

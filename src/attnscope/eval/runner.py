@@ -87,14 +87,15 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
         for scene, image, ids in zip(chunk, arrays, token_ids):
             found = detect(image)
             hits = match_objects(found, scene.objects)
+            missed = [o for o, hit in zip(scene.objects, hits) if hit is None]
             records.append({"caption": scene.caption, "n_objects": len(scene.objects),
                             "shapes": sorted({o.shape for o in scene.objects}),
                             "truncated": len(ids) > pipe.tokenizer.model_max_length,
-                            "match": all(hit is not None for hit in hits),  # matches_caption, from the same hits
+                            "match": not missed,  # matches_caption, from the same hits
                             "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects),
-                            "missing": [f"{o.color} {o.shape}" for o, hit in zip(scene.objects, hits) if hit is None],
+                            "missing": [f"{o.color} {o.shape}" for o in missed],
                             "sizes": [o.size for o in scene.objects],
-                            "missing_sizes": [o.size for o, hit in zip(scene.objects, hits) if hit is None],
+                            "missing_sizes": [o.size for o in missed],
                             "found": [f"{d.color} {d.shape}" for d in found]})
             gts.append(masks_for_words(found, scene))
         if methods:
