@@ -20,23 +20,24 @@ BANK=${BANK:-24000}   # smaller only to try the script out
 N=${N:-200}           # held-out captions per gate
 STEPS=${STEPS:-10000} # the shipped run's steps; LONG: about the whole 2-h CPU budget at 0.47 s/step
 LONG=${LONG:-11500}
+SLOWER=${SLOWER:-8800} # --dual-attention 4 and --qk-norm cost 1.13–1.15× the step on 2 cores: STEPS in the same time
 KEEP=${KEEP:-5}       # transformers brought back (9.3 MB each)
+COMPILE=${COMPILE:-}  # e.g. "--compile reduce-overhead" once benchmarks/mmdit_compile.py has shown it works there
 UNET=src/attnscope/models/weights/shapes-unet
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 
 SHIPPED="--cooldown 0.3 --sigma-mean 0.3 --sigma-std 0.8 --lr 3e-3"
 SHAPES="--shape-weight cross=2 --shape-weight diamond=1.5 --shape-weight star=1.5"
-SHAPES3="--shape-weight cross=3 --shape-weight diamond=2 --shape-weight star=2"
 declare -A VARIANTS=(
   [ship]="--steps $STEPS --seed 0"
   [ship-s1]="--steps $STEPS --seed 1"
   [shape]="--steps $STEPS --seed 0 $SHAPES"
   [shape-s1]="--steps $STEPS --seed 1 $SHAPES"
-  [shape3]="--steps $STEPS --seed 0 $SHAPES3"
-  [shape3-s1]="--steps $STEPS --seed 1 $SHAPES3"
-  [long]="--steps $LONG --seed 0"
-  [long-s1]="--steps $LONG --seed 1"
+  [dual4]="--steps $SLOWER --seed 0 $SHAPES --dual-attention 4"
+  [dual4-s1]="--steps $SLOWER --seed 1 $SHAPES --dual-attention 4"
+  [qknorm]="--steps $SLOWER --seed 0 $SHAPES --qk-norm"
+  [qknorm-s1]="--steps $SLOWER --seed 1 $SHAPES --qk-norm"
   [longshape]="--steps $LONG --seed 0 $SHAPES"
   [longshape-s1]="--steps $LONG --seed 1 $SHAPES"
 )
@@ -66,7 +67,7 @@ fi
 for name in "${!VARIANTS[@]}"; do
   finished "$name" && continue
   $PY -m attnscope.models.train_mmdit --vae $UNET --out "$RUNS/$name" --bank-from "$RUNS/bank$(flag_of "$name" seed)" \
-      --device $DEVICE --bank $BANK --threads 1 --every 1000000 --minutes "$MINUTES" $SHIPPED ${VARIANTS[$name]} \
+      --device $DEVICE --bank $BANK --threads 1 --every 1000000 --minutes "$MINUTES" $SHIPPED $COMPILE ${VARIANTS[$name]} \
       >>"$OUT/$name.log" 2>&1 &
 done
 ( sleep 90; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; grep -h "step" "$OUT"/ship.log | tail -1 ) &

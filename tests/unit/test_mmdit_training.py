@@ -10,9 +10,10 @@ from attnscope.models import architectures as arch
 from attnscope.models.train_mmdit import ZeroTokenBias
 
 
-def test_one_biased_zero_token_equals_many():
+@pytest.mark.parametrize("design", [{}, {"dual_attention": 2, "qk_norm": True}], ids=["sd3", "sd35"])
+def test_one_biased_zero_token_equals_many(design):
     torch.manual_seed(0)
-    transformer = arch.shapes_sd3_transformer().eval()
+    transformer = arch.shapes_sd3_transformer(**design).eval()
     latents = torch.randn(2, arch.LATENT_CHANNELS, 16, 16)
     context = torch.randn(2, 5, 2 * arch.SD3_CLIP_WIDTH)
     pooled = torch.randn(2, 2 * arch.SD3_CLIP_WIDTH)
@@ -21,7 +22,7 @@ def test_one_biased_zero_token_equals_many():
         many = torch.cat([context, torch.zeros(2, arch.SD3_ZERO_TOKENS, context.shape[-1])], dim=1)
         stock = transformer(latents, encoder_hidden_states=many, pooled_projections=pooled, timestep=t).sample
         one = torch.cat([context, torch.zeros(2, 1, context.shape[-1])], dim=1)
-        with ZeroTokenBias(arch.SD3_ZERO_TOKENS):
+        with ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=(16 // arch.SD3_PATCH) ** 2):
             short = transformer(latents, encoder_hidden_states=one, pooled_projections=pooled, timestep=t).sample
     torch.testing.assert_close(short, stock, atol=1e-4, rtol=1e-4)
 
@@ -169,7 +170,8 @@ def test_repa_training_resumes_exports_stock_and_leaves_no_hooks(tmp_path):
     vae, out = WEIGHTS / "shapes-unet", tmp_path / "repa"
     def flags(patch=2):
         return ["--vae", str(vae), "--out", str(out), "--bank", "8", "--batch", "2", "--threads", "1", "--every", "1000",
-                "--patch", str(patch), "--heads", "2", "--blocks", "3", "--repa", "0.5", "--repa-block", "1"]
+                "--patch", str(patch), "--heads", "2", "--blocks", "3", "--repa", "0.5", "--repa-block", "1",
+                "--dual-attention", "1", "--qk-norm"]
 
     mmdit_main(flags() + ["--steps", "2"])
     features = load_file(str(out / "repa.safetensors"))["features"]
@@ -182,9 +184,39 @@ def test_repa_training_resumes_exports_stock_and_leaves_no_hooks(tmp_path):
     assert state["step"] == 3
     transformer = pipe.transformer
     assert (transformer.config.patch_size, transformer.config.num_layers, transformer.config.num_attention_heads) == (2, 3, 2)
+    assert tuple(transformer.config.dual_attention_layers) == (0,) and transformer.config.qk_norm == "rms_norm"
     assert not any(block._forward_hooks for block in transformer.transformer_blocks)
     with pytest.raises(SystemExit, match="--patch 2"):
         mmdit_main(flags(patch=1) + ["--steps", "4"])
+
+
+def test_compiled_step_is_one_graph_with_the_zero_token_bias_and_the_repa_tap():
+    """--compile traces the zero-token mode and the REPA hook, both entered every step, into one graph:
+    no recompiles as σ and the batch change, and the same prediction and tapped tokens as eager."""
+    import torch._dynamo
+
+    from attnscope.models.repa import BlockTap
+    from attnscope.models.train_mmdit import ZeroTokenBias
+
+    torch.manual_seed(0)
+    transformer = arch.shapes_sd3_transformer(heads=2, blocks=2, dual_attention=1)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    forward = torch.compile(transformer, backend="eager")
+    bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=64)
+    for step in range(3):
+        latent = torch.randn(2, arch.LATENT_CHANNELS, 16, 16)
+        context = torch.randn(2, 6, 2 * arch.SD3_CLIP_WIDTH)
+        kwargs = dict(encoder_hidden_states=context, pooled_projections=torch.randn(2, 2 * arch.SD3_CLIP_WIDTH),
+                      timestep=torch.rand(2) * 1000)
+        with bias, BlockTap(transformer, 1) as tap:
+            eager = transformer(latent, **kwargs).sample
+            eager_tokens = tap.hidden
+        with bias, BlockTap(transformer, 1) as tap:
+            traced = forward(latent, **kwargs).sample
+            torch.testing.assert_close(tap.hidden, eager_tokens)
+        torch.testing.assert_close(traced, eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 def test_block_tap_removes_its_hook_after_an_exception():

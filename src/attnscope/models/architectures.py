@@ -122,19 +122,28 @@ def shapes_sd3_text_encoder(vocab_size: int):
 
 
 def shapes_sd3_transformer(patch: int = SD3_PATCH, heads: int = SD3_HEADS, blocks: int = SD3_BLOCKS,
-                           latent: tuple[int, int] = SHIPPED_LATENT):
+                           latent: tuple[int, int] = SHIPPED_LATENT, dual_attention: int = 0, qk_norm: bool = False):
     """The SD3 transformer over ``latent`` = (channels, side) latents (the shipped VAE's 16×16×4 by default);
-    ``patch``, ``heads`` (of width 32) and ``blocks`` set its size."""
+    ``patch``, ``heads`` (of width 32) and ``blocks`` set its size. SD3.5's additions: ``dual_attention``
+    gives the first that many blocks a second, image-only attention (MMDiT-X), ``qk_norm`` RMS-normalises
+    queries and keys.
+
+    >>> shapes_sd3_transformer(dual_attention=4).config.dual_attention_layers
+    (0, 1, 2, 3)
+    """
     from diffusers import SD3Transformer2DModel
 
     channels, side = latent
     if side % patch:
         raise ValueError(f"patch {patch} does not divide the {side}×{side} latent; use a divisor of {side}.")
+    if not 0 <= dual_attention <= blocks:
+        raise ValueError(f"dual attention in {dual_attention} blocks is impossible with {blocks} blocks; pass 0 to {blocks}.")
     return SD3Transformer2DModel(
         sample_size=side, patch_size=patch, in_channels=channels, out_channels=channels,
         num_layers=blocks, attention_head_dim=SD3_HEAD_DIM, num_attention_heads=heads,
         joint_attention_dim=2 * SD3_CLIP_WIDTH, caption_projection_dim=heads * SD3_HEAD_DIM,
         pooled_projection_dim=2 * SD3_CLIP_WIDTH, pos_embed_max_size=side,
+        dual_attention_layers=tuple(range(dual_attention)), qk_norm="rms_norm" if qk_norm else None,
     )
 
 

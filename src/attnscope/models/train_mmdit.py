@@ -49,16 +49,23 @@ from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_ste
 
 
 class ZeroTokenBias(TorchFunctionMode):
-    """Adds ``log(n)`` to the logit of the last key (the single zero token) at every SDPA call."""
+    """Adds ``log(n)`` to the logit of the last key (the single zero token) at every joint SDPA call.
 
-    def __init__(self, n_tokens: int):
+    A transformer with dual attention (SD3.5) also attends among its ``image_tokens`` alone; calls
+    with exactly that many keys hold no zero token and are left as they are.
+    """
+
+    def __init__(self, n_tokens: int, image_tokens: int | None = None):
         super().__init__()
         self.bias = math.log(n_tokens)
+        self.image_tokens = image_tokens
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if func is F.scaled_dot_product_attention:
             _, key, _, _ = sdpa_arguments(args, kwargs)
+            if key.shape[-2] == self.image_tokens:
+                return func(*args, **kwargs)
             mask = torch.zeros(1, key.shape[-2], dtype=key.dtype, device=key.device)
             mask[:, -1] = self.bias
             kwargs["attn_mask"] = mask
@@ -147,9 +154,9 @@ def exported_encoders(folder: Path) -> list:
             for name in ("text_encoder", "text_encoder_2")]
 
 
-DESIGN_FLAGS = ("patch", "heads", "blocks", "repa")
+DESIGN_FLAGS = ("patch", "heads", "blocks", "repa", "dual_attention", "qk_norm")
 #: runs started before these flags existed (design 2, docs/models.md) were built this way
-LEGACY_DESIGN = {"patch": 1, "heads": 3, "blocks": 4, "repa": 0.0}
+LEGACY_DESIGN = {"patch": 1, "heads": 3, "blocks": 4, "repa": 0.0, "dual_attention": 0, "qk_norm": False}
 
 
 def run_design(run: Path) -> dict:
@@ -233,7 +240,8 @@ def train(args) -> None:
         CLIPTokenizer.from_pretrained(source / "tokenizer").save_pretrained(args.out / "tokenizer")
     tokenizer = run_tokenizer(args.out)
     torch.manual_seed(args.seed)
-    transformer = arch.shapes_sd3_transformer(args.patch, args.heads, args.blocks, arch.latent_shape(vae))
+    transformer = arch.shapes_sd3_transformer(args.patch, args.heads, args.blocks, arch.latent_shape(vae),
+                                              args.dual_attention, args.qk_norm)
     if args.zero_init:
         adaln_zero(transformer)  # a resumed or --init-from run overwrites these weights below
     encoders = clip_encoders_from(args.text_from) if args.init_from is None else exported_encoders(args.init_from)
@@ -296,7 +304,8 @@ def train(args) -> None:
     start, step = time.time(), state["step"]
     if args.steps <= step:
         print(f"{args.out} has already trained {step} of --steps {args.steps}.", flush=True)
-    bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS)
+    bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=token_grid**2)
+    forward = compiled(transformer, args.compile)
     draw_weights = scene_weights(captions_bank, dict(args.shape_weight))
     stream_seed = args.seed if args.batch_seed is None else args.batch_seed
     while step < args.steps and time.time() - start < args.minutes * 60:
@@ -318,8 +327,8 @@ def train(args) -> None:
             velocity, valid = teacher.velocity(noisy, sigma, ids)
             target = flow_target + args.distill * valid[:, None, None, None] * (velocity - flow_target)
         with bias, tap:
-            pred = transformer(noisy, encoder_hidden_states=context, pooled_projections=pooled,
-                               timestep=sigma.flatten() * 1000).sample
+            pred = forward(noisy, encoder_hidden_states=context, pooled_projections=pooled,
+                           timestep=sigma.flatten() * 1000).sample
             if cell_weights is None:
                 loss = data_loss = F.mse_loss(pred, target)
             else:
@@ -336,6 +345,17 @@ def train(args) -> None:
     if step < args.steps and args.cooldown:
         print(f"Stopped by --minutes at step {step} of --steps {args.steps}, before the cooldown ended; "
               "run the same command again to finish it.", flush=True)
+
+
+def compiled(transformer, mode: str | None):
+    """``transformer`` compiled by ``torch.compile`` in ``mode`` ("default", "reduce-overhead", ...), or
+    itself for None. The compiled module shares the transformer's weights, so checkpoints, EMAs and
+    exports read the transformer as before; the zero-token mode and the REPA hook are traced into
+    one graph for the run (tests/unit/test_mmdit_training.py).
+
+        forward = compiled(transformer, "default")   # then forward(noisy, ...) instead of transformer(noisy, ...)
+    """
+    return transformer if mode is None else torch.compile(transformer, mode=mode)
 
 
 def noised_input(x0, noise, sigma, perturbation: float = 0.0, generator=None):
@@ -393,7 +413,8 @@ def build_pipeline(vae_run, run, use_ema: bool | float = True):
         raise SystemExit(f"{run} was trained on {trained_on[0]}×{trained_on[1]}×{trained_on[1]} latents, but the VAE in "
                          f"{vae_run} makes {arch.latent_shape(vae)}; pass the --vae the run was trained with.")
     tokenizer = run_tokenizer(run)
-    transformer = arch.shapes_sd3_transformer(design["patch"], design["heads"], design["blocks"], arch.latent_shape(vae))
+    transformer = arch.shapes_sd3_transformer(design["patch"], design["heads"], design["blocks"], arch.latent_shape(vae),
+                                              design["dual_attention"], design["qk_norm"])
     encoders = [arch.shapes_sd3_text_encoder(len(tokenizer)) for _ in range(2)]
     state = load_checkpoint(run, {"transformer": transformer, "text_encoder": encoders[0],
                                   "text_encoder_2": encoders[1]}, use_ema=use_ema)
@@ -462,6 +483,13 @@ def main(argv=None) -> None:
     parser.add_argument("--patch", type=int, default=arch.SD3_PATCH, help="latent pixels per image token (on the shipped VAE's 16×16 latents, 1: 16×16 tokens, 2: 8×8)")
     parser.add_argument("--heads", type=int, default=arch.SD3_HEADS, help=f"attention heads of width {arch.SD3_HEAD_DIM}")
     parser.add_argument("--blocks", type=int, default=arch.SD3_BLOCKS, help="joint-attention blocks")
+    parser.add_argument("--dual-attention", type=int, default=0, metavar="N",
+                        help="give the first N blocks a second, image-only attention (SD3.5's MMDiT-X; 0: SD3's blocks)")
+    parser.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="compile the transformer with torch.compile in this mode (bare flag: default; on a CPU it "
+                             "saves a few per cent of the step after a minute or two of compiling; reduce-overhead "
+                             "adds CUDA graphs against the launch-bound GPU step; benchmarks/mmdit_compile.py)")
+    parser.add_argument("--qk-norm", action="store_true", help="RMS-normalise queries and keys (as SD3.5 does)")
     parser.add_argument("--repa", type=float, default=0.5, help="weight of the REPA alignment loss (0: off; 0.5 as in REPA's paper)")
     parser.add_argument("--repa-block", type=int, default=2, help="the block whose image tokens are aligned")
     parser.add_argument("--repa-grid", type=int, action="append", metavar="G",
@@ -496,6 +524,8 @@ def main(argv=None) -> None:
         parser.error("--repa-grid chooses the REPA targets; it needs --repa above 0")
     if args.repa_grid and len(set(args.repa_grid)) != len(args.repa_grid):
         parser.error(f"--repa-grid is given twice for one grid ({args.repa_grid}); pass each grid once")
+    if not 0 <= args.dual_attention <= args.blocks:
+        parser.error(f"--dual-attention {args.dual_attention} must be between 0 and --blocks ({args.blocks})")
     if args.object_weight <= 0:
         parser.error(f"--object-weight is the loss weight of object cells against 1 for the rest and must be positive, not {args.object_weight}")
     torch.set_num_threads(args.threads)
