@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MM-DiT training recipes side by side on one GPU, each run to the steps its recipe takes on
-# 2 CPU cores (same architecture and batch as the shipped model: 0.47 s/step there, docs/models.md),
+# 2 CPU cores (the shipped batch; the shipped design ran 0.47 s/step in session 13 and 0.78 in session 21,
+# dual attention and qk-norm cost 1.13–1.15× that, so they run SLOWER steps; docs/models.md),
 # then exported and gated like the shipped model on two caption sets (--seed 0 and 1).
 #
 #   OUT=out MINUTES=5.5 bash benchmarks/mmdit_sweep_gpu.sh     # again on the warm machine to finish
