@@ -33,12 +33,11 @@ REPA_CHANNELS = 96  # the shipped UNet's 8×8 up-path features
 class Arm:
     """One transformer, its REPA head and its optimizer; ``step`` trains on one batch and returns (loss, seconds)."""
 
-    def __init__(self, transformer, head, mode, device):
+    def __init__(self, transformer, head, mode, device, image_tokens: int):
         self.transformer, self.head, self.device = transformer, head, device
         self.forward = compiled(transformer, mode)
         self.opt = torch.optim.AdamW(list(transformer.parameters()) + list(head.parameters()), lr=1e-3)
-        grid = transformer.config.sample_size // transformer.config.patch_size
-        self.bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=grid**2)
+        self.bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=image_tokens)
 
     def step(self, batch):
         latent, noise, context, pooled, sigma, features = batch
@@ -77,9 +76,9 @@ def main(argv=None) -> None:
     transformer = arch.shapes_sd3_transformer(dual_attention=args.dual_attention, qk_norm=args.qk_norm)
     adaln_zero(transformer)
     head = repa.projector(transformer.inner_dim, REPA_CHANNELS)
-    eager = Arm(transformer.to(device), head.to(device), None, device)
-    fast = Arm(copy.deepcopy(transformer), copy.deepcopy(head), args.mode, device)
     tokens = (transformer.config.sample_size // transformer.config.patch_size) ** 2
+    eager = Arm(transformer.to(device), head.to(device), None, device, tokens)
+    fast = Arm(copy.deepcopy(transformer), copy.deepcopy(head), args.mode, device, tokens)
     seconds, drift, first = {"eager": 0.0, "compiled": 0.0}, 0.0, None
     for i in range(args.steps + 3):
         gen = torch.Generator().manual_seed(i)

@@ -196,14 +196,13 @@ def test_compiled_step_is_one_graph_with_the_zero_token_bias_and_the_repa_tap():
     import torch._dynamo
 
     from attnscope.models.repa import BlockTap
-    from attnscope.models.train_mmdit import ZeroTokenBias
 
     torch.manual_seed(0)
     transformer = arch.shapes_sd3_transformer(heads=2, blocks=2, dual_attention=1)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     forward = torch.compile(transformer, backend="eager")
-    bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=64)
+    bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=(16 // arch.SD3_PATCH) ** 2)
     for step in range(3):
         latent = torch.randn(2, arch.LATENT_CHANNELS, 16, 16)
         context = torch.randn(2, 6, 2 * arch.SD3_CLIP_WIDTH)
