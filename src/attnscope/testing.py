@@ -22,7 +22,7 @@ MERGED_PIECES = ("cat", "gir", "ze")
 
 def tiny_clip_tokenizer(max_length: int = 77):
     """A CLIP BPE tokenizer over a small vocabulary, built without any download."""
-    from .models.tokenizer import word_bpe_tokenizer
+    from .tokenizer import word_bpe_tokenizer
 
     return word_bpe_tokenizer(MERGED_WORDS, pieces=MERGED_PIECES, max_length=max_length)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnscope.models import WEIGHTS
+from attnscope.pipelines import WEIGHTS
 
 MODEL = WEIGHTS / "shapes-mmdit"
 pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reason="this build ships no MM-DiT")
@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").is_file(), reas
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnscope.cli import load_pipeline
+    from attnscope.pipelines import load_pipeline
 
-    p = load_pipeline(str(MODEL), "cpu", "float32", need_adapter=False)
+    p = load_pipeline("shapes-mmdit", device="cpu", dtype="float32", require_adapter=False)
     p.set_progress_bar_config(disable=True)
     return p
 

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 import attnscope
-from attnscope.models import default_model_dir
+from attnscope.pipelines import shipped_model_dir
 
-MODEL = default_model_dir()
-pytestmark = pytest.mark.skipif(MODEL is None, reason="this build ships no default model")
+MODEL = shipped_model_dir()
 
 
 @pytest.fixture(scope="module")

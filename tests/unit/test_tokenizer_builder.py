@@ -1,7 +1,7 @@
 """The offline BPE builder makes every listed word a single token, whatever the order of words."""
 
 from attnscope.datasets.shapes import vocabulary
-from attnscope.models.tokenizer import word_bpe_tokenizer
+from attnscope.tokenizer import word_bpe_tokenizer
 
 
 def test_every_listed_word_is_one_token():
