@@ -15,7 +15,7 @@ The teacher's error grows at both ends of the schedule (its ε̂ error is multip
 only for σ in ``SIGMA_WINDOW``, where it measured better than the MM-DiT it teaches; elsewhere (and
 always beyond its last training timestep, σ ≳ 0.94) a sample keeps the data target.
 
-    python -m attnscope.models.train_mmdit --vae src/attnscope/models/weights/shapes-unet --out runs/mmdit9 --distill 1.0
+    python -m training.train_mmdit --vae src/attnscope/weights/shapes-unet --out runs/mmdit9 --distill 1.0
 
 Example:
     >>> teacher = FlowTeacher(WEIGHTS / "shapes-unet", tokenizer)                 # doctest: +SKIP

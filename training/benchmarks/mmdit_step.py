@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from attnscope.datasets.shapes import make_scenes
-from attnscope.models import WEIGHTS
-from attnscope.models import architectures as arch
-from attnscope.models.train_mmdit import ZeroTokenBias, caption_features, clip_encoders_from, encode
+from attnscope.pipelines import WEIGHTS
+from training import architectures as arch
+from training.train_mmdit import ZeroTokenBias, caption_features, clip_encoders_from, encode
 
 
 def main(argv=None) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..files import save_tensors
+from attnscope.files import save_tensors
 
 CELLS_FILE = "bank-objects.safetensors"
 

@@ -9,7 +9,7 @@ noise and the same σ for the i-th scene of every set, through the stock pipelin
 - ``fresh``: new training-split scenes (the bank's generator, past its end);
 - ``test``: test-split scenes (held-out captions, as the quality gate draws them).
 
-    python benchmarks/mmdit_generalization.py src/attnscope/models/weights/shapes-mmdit --bank-from runs/mmdit7 --n 512
+    python benchmarks/mmdit_generalization.py src/attnscope/weights/shapes-mmdit --bank-from runs/mmdit7 --n 512
 
 Prints a Markdown table of the flow loss ``‖v̂ − (ε − x₀)‖²`` per set and σ band.
 """
@@ -30,7 +30,7 @@ def set_latents(vae, bank_folder: Path, n: int, seed: int) -> dict:
     from safetensors.torch import load_file
 
     from attnscope.datasets.shapes import scene_stream, scene_tensor
-    from attnscope.models.train import BANK_CHUNK as chunk, scene_batch
+    from training.train import BANK_CHUNK as chunk, scene_batch
 
     bank = load_file(str(bank_folder / "bank.safetensors"))["latents"].float()
     captions = json.loads((bank_folder / "bank.json").read_text())

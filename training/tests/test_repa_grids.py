@@ -7,7 +7,7 @@ torch.set_num_threads(1)
 
 
 def test_per_token_groups_every_fine_cell_under_the_token_that_covers_it():
-    from attnscope.models.repa import per_token
+    from training.repa import per_token
 
     grid, token_grid, channels = 16, 8, 3
     features = torch.randn(2, grid * grid, channels)
@@ -23,7 +23,7 @@ def test_per_token_groups_every_fine_cell_under_the_token_that_covers_it():
 
 
 def test_alignment_loss_is_zero_for_a_head_that_predicts_every_cell_exactly():
-    from attnscope.models.repa import alignment_loss
+    from training.repa import alignment_loss
 
     target = torch.randn(2, 64, 4, 6)
     hidden = torch.randn(2, 64, 12)
@@ -36,8 +36,8 @@ def test_alignment_loss_is_zero_for_a_head_that_predicts_every_cell_exactly():
 def test_training_aligns_with_a_finer_grid_and_refuses_grids_that_do_not_fit(tmp_path):
     from safetensors.torch import load_file
 
-    from attnscope.models import WEIGHTS
-    from attnscope.models.train_mmdit import build_pipeline, main as mmdit_main
+    from attnscope.pipelines import WEIGHTS
+    from training.train_mmdit import build_pipeline, main as mmdit_main
 
     vae, out = WEIGHTS / "shapes-unet", tmp_path / "fine"
     flags = ["--vae", str(vae), "--out", str(out), "--bank", "8", "--batch", "2", "--threads", "1", "--every", "1000",

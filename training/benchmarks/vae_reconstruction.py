@@ -4,7 +4,7 @@ A generated image can pass the quality gate only if the VAE can draw it, so the 
 reconstructions on which the dataset's detector still finds every object is a ceiling for the
 gate of any model on that VAE. Test-split scenes (never seen in training), the posterior mean.
 
-    python benchmarks/vae_reconstruction.py src/attnscope/models/weights/shapes-unet runs/vae8 --n 256
+    python benchmarks/vae_reconstruction.py src/attnscope/weights/shapes-unet runs/vae8 --n 256
 
 Prints a Markdown table: latent shape, mean absolute error in grey levels, and the share of scenes
 whose reconstruction passes (every object found with its colour and shape), by shape as well.
@@ -22,7 +22,7 @@ import torch
 def reconstruction_scores(vae, scenes, chunk: int = 64) -> dict:
     from attnscope.datasets.detect import detect, matches_caption
     from attnscope.datasets.shapes import scene_tensor, tensor_pixels
-    from attnscope.models import architectures as arch
+    from training import architectures as arch
 
     errors, passed, by_shape = [], [], defaultdict(list)
     with torch.no_grad():
@@ -42,7 +42,7 @@ def reconstruction_scores(vae, scenes, chunk: int = 64) -> dict:
 
 def main(argv=None) -> None:
     from attnscope.datasets.shapes import scene_stream
-    from attnscope.models.train import load_vae
+    from training.train import load_vae
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("vaes", nargs="+", help="VAE run folders or pipeline folders")

@@ -11,7 +11,7 @@ exported pipeline is a stock SD3 folder. ``--repa-grid 16`` adds (or, alone, use
 16×16 block as a target on an 8×8 token grid: each token's MLP then predicts the four teacher
 cells under it (:func:`per_token`), detail finer than a token that its own target averages away.
 
-    python -m attnscope.models.train_mmdit --vae src/attnscope/models/weights/shapes-unet --out runs/mmdit6 --repa 0.5
+    python -m training.train_mmdit --vae src/attnscope/weights/shapes-unet --out runs/mmdit6 --repa 0.5
 
 Example:
     >>> targets = teacher_features(WEIGHTS / "shapes-unet", latents, captions, tokenizer, grid=8)  # doctest: +SKIP
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..files import save_tensors
+from attnscope.files import save_tensors
 from . import architectures as arch
 
 #: the UNet sees each clean scene noised to this training timestep (of 1000) when its features are read

@@ -2,8 +2,8 @@
 
 import torch
 
-from attnscope.models.checkpoint import EMA, load_checkpoint, save_checkpoint
-from attnscope.models.train import main as train_main
+from training.checkpoint import EMA, load_checkpoint, save_checkpoint
+from training.train import main as train_main
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -64,7 +64,7 @@ def test_ema_update_is_the_exponential_average_for_every_tensor():
 def test_extra_ema_round_trips_loads_by_decay_and_starts_from_the_main_ema_on_resume(tmp_path):
     import pytest
 
-    from attnscope.models.checkpoint import ema_name
+    from training.checkpoint import ema_name
 
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)

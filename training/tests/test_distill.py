@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from attnscope.models import WEIGHTS
-from attnscope.models import architectures as arch
-from attnscope.models.distill import FlowTeacher, ddpm_timestep, flow_velocity
+from attnscope.pipelines import WEIGHTS
+from training import architectures as arch
+from training.distill import FlowTeacher, ddpm_timestep, flow_velocity
 
 
 def _sigma_of(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def test_distillation_with_an_empty_window_trains_exactly_as_without(tmp_path):
     """The teacher only replaces the target: where it is not used, training is bit-for-bit the plain run."""
     from safetensors.torch import load_file
 
-    from attnscope.models.train_mmdit import main as mmdit_main
+    from training.train_mmdit import main as mmdit_main
 
     def run(name, extra):
         mmdit_main(["--vae", str(WEIGHTS / "shapes-unet"), "--out", str(tmp_path / name), "--bank", "8", "--batch", "2",

@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 
-from attnscope.models import architectures as arch
-from attnscope.models.train_mmdit import ZeroTokenBias
+from training import architectures as arch
+from training.train_mmdit import ZeroTokenBias
 
 
 @pytest.mark.parametrize("design", [{}, {"dual_attention": 2, "qk_norm": True}], ids=["sd3", "sd35"])
@@ -38,8 +38,8 @@ def test_clip_encoders_reuse_the_unet_text_encoder():
     """SD3 reads the penultimate CLIP layer; here it is exactly the UNet encoder's last layer, frozen."""
     from transformers import CLIPTextModel
 
-    from attnscope.models import WEIGHTS
-    from attnscope.models.train_mmdit import clip_encoders_from
+    from attnscope.pipelines import WEIGHTS
+    from training.train_mmdit import clip_encoders_from
 
     folder = WEIGHTS / "shapes-unet"
     ids = _ids(folder, "a small green triangle above a red star")
@@ -57,8 +57,8 @@ def test_cached_caption_features_equal_encoding_each_batch():
     """Training indexes features computed once; each row equals encoding that caption in a step's batch."""
     from transformers import CLIPTokenizer
 
-    from attnscope.models import WEIGHTS
-    from attnscope.models.train_mmdit import caption_features, clip_encoders_from, encode
+    from attnscope.pipelines import WEIGHTS
+    from training.train_mmdit import caption_features, clip_encoders_from, encode
 
     folder = WEIGHTS / "shapes-unet"
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
@@ -75,7 +75,7 @@ def test_cached_caption_features_equal_encoding_each_batch():
 
 
 def test_clip_encoders_refuse_a_foreign_text_encoder(tmp_path):
-    from attnscope.models.train_mmdit import clip_encoders_from
+    from training.train_mmdit import clip_encoders_from
 
     arch.shapes_sd3_text_encoder(10).save_pretrained(tmp_path / "text_encoder")  # 4 layers, not a UNet's 3
     with pytest.raises(ValueError, match="--text-from"):
@@ -87,8 +87,8 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     folder, and training continues from that exported folder."""
     from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
 
-    from attnscope.models.train import main as train_main
-    from attnscope.models.train_mmdit import build_pipeline, main as mmdit_main
+    from training.train import main as train_main
+    from training.train_mmdit import build_pipeline, main as mmdit_main
 
     common = ["--batch", "2", "--threads", "1", "--every", "1000"]
     train_main(["vae", "--out", str(tmp_path / "vae"), "--steps", "1"] + common)
@@ -107,9 +107,9 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     stored = load_file(str(tmp_path / "mmdit" / "checkpoint.safetensors"))
     assert all(torch.equal(value, stored[f"transformer/{name}"]) for name, value in raw.items())  # export --raw
     assert any(not torch.equal(value, raw[name]) for name, value in pipe.transformer.state_dict().items())  # EMA ≠ raw
-    from attnscope.models import WEIGHTS
-    from attnscope.models.export import export
-    from attnscope.models.train_mmdit import clip_encoders_from
+    from attnscope.pipelines import WEIGHTS
+    from training.export import export
+    from training.train_mmdit import clip_encoders_from
 
     for trained, original in zip([pipe.text_encoder, pipe.text_encoder_2], clip_encoders_from(WEIGHTS / "shapes-unet")):
         for (name, value), expected in zip(trained.state_dict().items(), original.state_dict().values()):
@@ -118,7 +118,7 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     mmdit_main(["--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "more"), "--steps", "3", "--bank-from",
                 str(tmp_path / "mmdit"), "--bank", "8", "--init-from", str(tmp_path / "exported"),
                 "--shape-weight", "cross=2", "--extra-ema", "0.9"] + common + ["--every", "1", "--keep-from", "3"])  # also runs the weighted scene draw
-    from attnscope.models.export import main as export_main
+    from training.export import main as export_main
 
     export_main(["mmdit", "--vae", str(tmp_path / "vae"), "--run", str(tmp_path / "more"), "--run",
                  str(tmp_path / "more" / "keep" / "step-00003"), "--ema-decay", "0.9", "--out", str(tmp_path / "avg")])
@@ -132,12 +132,14 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
     pipe.save_pretrained(tmp_path / "folder")
     again = DiffusionPipeline.from_pretrained(tmp_path / "folder", text_encoder_3=None, tokenizer_3=None)  # no T5, as for SD3 without T5
     assert isinstance(again, StableDiffusion3Pipeline)
-    from attnscope.cli import CLIError, absent_components, load_pipeline
+    from attnscope.adapters import UnsupportedPipelineError
+    from attnscope.pipelines import absent_components, load_pipeline
 
     assert absent_components(tmp_path / "folder")["text_encoder_3"] is None
-    assert isinstance(load_pipeline(str(tmp_path / "folder"), "cpu", "float32", need_adapter=False), StableDiffusion3Pipeline)
-    with pytest.raises(CLIError):  # attnscope cannot trace SD3 yet: refused before any work
-        load_pipeline(str(tmp_path / "folder"), "cpu", "float32")
+    loaded = load_pipeline(str(tmp_path / "folder"), device="cpu", dtype="float32", require_adapter=False)
+    assert isinstance(loaded, StableDiffusion3Pipeline)
+    with pytest.raises(UnsupportedPipelineError):  # attnscope cannot trace SD3 yet: refused before any work
+        load_pipeline(str(tmp_path / "folder"), device="cpu", dtype="float32")
     again.set_progress_bar_config(disable=True)
     image = again("a red circle", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3)
@@ -145,7 +147,7 @@ def test_training_smoke_and_stock_pipeline(tmp_path):
 
 def test_adaln_zero_starts_at_zero_and_still_learns():
     """adaLN-Zero: the prediction starts at exactly 0, yet the output projection gets a gradient."""
-    from attnscope.models.train_mmdit import adaln_zero
+    from training.train_mmdit import adaln_zero
 
     torch.manual_seed(0)
     transformer = arch.shapes_sd3_transformer()
@@ -164,8 +166,8 @@ def test_repa_training_resumes_exports_stock_and_leaves_no_hooks(tmp_path):
     the run's own size, the UNet features are cached once, and a resume with another size is refused."""
     from safetensors.torch import load_file
 
-    from attnscope.models import WEIGHTS
-    from attnscope.models.train_mmdit import build_pipeline, main as mmdit_main
+    from attnscope.pipelines import WEIGHTS
+    from training.train_mmdit import build_pipeline, main as mmdit_main
 
     vae, out = WEIGHTS / "shapes-unet", tmp_path / "repa"
     def flags(patch=2):
@@ -195,7 +197,7 @@ def test_compiled_step_is_one_graph_with_the_zero_token_bias_and_the_repa_tap():
     no recompiles as σ and the batch change, and the same prediction and tapped tokens as eager."""
     import torch._dynamo
 
-    from attnscope.models.repa import BlockTap
+    from training.repa import BlockTap
 
     torch.manual_seed(0)
     transformer = arch.shapes_sd3_transformer(heads=2, blocks=2, dual_attention=1)
@@ -219,7 +221,7 @@ def test_compiled_step_is_one_graph_with_the_zero_token_bias_and_the_repa_tap():
 
 
 def test_block_tap_removes_its_hook_after_an_exception():
-    from attnscope.models.repa import BlockTap
+    from training.repa import BlockTap
 
     transformer = arch.shapes_sd3_transformer(patch=2, heads=2, blocks=2)
     with pytest.raises(RuntimeError):
@@ -233,8 +235,8 @@ def test_block_tap_removes_its_hook_after_an_exception():
 def test_repa_needs_a_unet_block_at_the_token_grid():
     from diffusers import UNet2DConditionModel
 
-    from attnscope.models import WEIGHTS
-    from attnscope.models.repa import _feature_module
+    from attnscope.pipelines import WEIGHTS
+    from training.repa import _feature_module
 
     unet = UNet2DConditionModel.from_pretrained(WEIGHTS / "shapes-unet" / "unet", torch_dtype=torch.float32)
     assert _feature_module(unet, 8) is unet.up_blocks[1].attentions[-1]
@@ -243,7 +245,7 @@ def test_repa_needs_a_unet_block_at_the_token_grid():
 
 
 def test_cooldown_is_flat_then_linear_to_zero():
-    from attnscope.models.train_mmdit import cooldown_scale
+    from training.train_mmdit import cooldown_scale
 
     total, cooldown = 1000, 0.3
     scales = [cooldown_scale(step, total, cooldown) for step in range(total + 1)]
@@ -256,7 +258,7 @@ def test_cooldown_is_flat_then_linear_to_zero():
 def test_a_continued_run_warms_up_again_from_its_first_step():
     import argparse
 
-    from attnscope.models.train_mmdit import scheduled_lr
+    from training.train_mmdit import scheduled_lr
 
     args = argparse.Namespace(lr=1e-3, warmup=200, steps=14_000, cooldown=0.25)
     rates = [scheduled_lr(step, args, warmup_from=10_000) for step in range(10_000, 14_001)]
@@ -272,7 +274,7 @@ def test_a_continued_run_warms_up_again_from_its_first_step():
                                             (["--sigma-std", "0"], "must be positive"),
                                             (["--input-perturbation", "-0.1"], "0 \\(off\\) or positive")])
 def test_training_arguments_are_checked(tmp_path, capsys, extra, message):
-    from attnscope.models.train_mmdit import main as mmdit_main
+    from training.train_mmdit import main as mmdit_main
 
     with pytest.raises(SystemExit):
         mmdit_main(["--vae", str(tmp_path), "--out", str(tmp_path / "run")] + extra)
@@ -282,7 +284,7 @@ def test_training_arguments_are_checked(tmp_path, capsys, extra, message):
 
 def test_input_perturbation_moves_only_the_input():
     """γ = 0 is the plain flow path and draws nothing; γ > 0 adds noise of scale σγ to the input only."""
-    from attnscope.models.train_mmdit import noised_input
+    from training.train_mmdit import noised_input
 
     gen = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(4, 4, 16, 16, generator=gen), torch.randn(4, 4, 16, 16, generator=gen)
@@ -304,9 +306,9 @@ def test_mmdit_on_its_own_8x8_vae_trains_with_repa_and_refuses_mixed_latents(tmp
 
     from safetensors.torch import load_file
 
-    from attnscope.models import WEIGHTS
-    from attnscope.models.train import main as train_main
-    from attnscope.models.train_mmdit import build_pipeline, main as mmdit_main
+    from attnscope.pipelines import WEIGHTS
+    from training.train import main as train_main
+    from training.train_mmdit import build_pipeline, main as mmdit_main
 
     common = ["--batch", "2", "--threads", "1", "--every", "1000"]
     train_main(["vae", "--out", str(tmp_path / "vae8"), "--steps", "1", "--levels", "4", "--latent-channels", "8"] + common)
@@ -339,7 +341,7 @@ def test_mmdit_on_its_own_8x8_vae_trains_with_repa_and_refuses_mixed_latents(tmp
 
 def test_warm_start_copies_every_full_resolution_layer_of_a_shallower_vae():
     """Encoder blocks keep their index, decoder blocks shift by the added levels; only the new latent end is fresh."""
-    from attnscope.models.train import warm_start_vae
+    from training.train import warm_start_vae
 
     torch.manual_seed(0)
     source, deep = arch.shapes_vae(), arch.shapes_vae(levels=4, latent_channels=8)
@@ -358,7 +360,7 @@ def test_warm_start_copies_every_full_resolution_layer_of_a_shallower_vae():
 
 
 def test_shape_weights_shift_the_draw_and_default_keeps_the_uniform_stream():
-    from attnscope.models.train_mmdit import draw_scenes, main, scene_weights
+    from training.train_mmdit import draw_scenes, main, scene_weights
 
     captions = ["a red cross", "a blue circle", "a green cross and a small red square", "a star"]
     weights = scene_weights(captions, {"cross": 3.0})

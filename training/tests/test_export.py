@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnscope.models.export import average_weights
+from training.export import average_weights
 
 
 def _model(seed: int) -> torch.nn.Module:

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnscope.models import architectures as arch
-from attnscope.models import repa
-from attnscope.models.train_mmdit import ZeroTokenBias, adaln_zero, compiled
+from training import architectures as arch
+from training import repa
+from training.train_mmdit import ZeroTokenBias, adaln_zero, compiled
 
 CONTEXT_TOKENS = 25  # 24 caption tokens and the single zero token, as in training
 REPA_CHANNELS = 96  # the shipped UNet's 8×8 up-path features

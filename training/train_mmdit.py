@@ -1,7 +1,7 @@
 """Train the tiny MM-DiT (Stable Diffusion 3 layout) on the same latent bank as the UNet.
 
-    python -m attnscope.models.train_mmdit --vae src/attnscope/models/weights/shapes-unet --out runs/mmdit --minutes 80
-    python -m attnscope.models.train_mmdit ... --steps 8541 --cooldown 0.3 --device cuda   # decay the rate over the last 30 %
+    python -m training.train_mmdit --vae src/attnscope/weights/shapes-unet --out runs/mmdit --minutes 80
+    python -m training.train_mmdit ... --steps 8541 --cooldown 0.3 --device cuda   # decay the rate over the last 30 %
 
 Rectified-flow objective (SD3): ``x_t = (1 - σ) x_0 + σ ε``, the transformer predicts ``ε - x_0``,
 σ drawn logit-normal (``--sigma-mean/--sigma-std``; the shipped run draws more σ in 0.4–0.8,
@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from . import WEIGHTS
+from attnscope.pipelines import WEIGHTS
 from . import architectures as arch
-from ..core.tap import sdpa_arguments
-from ..files import staged_folder
+from attnscope.core.tap import sdpa_arguments
+from attnscope.files import staged_folder
 from . import repa
 from .distill import SIGMA_WINDOW, FlowTeacher
 from .checkpoint import EMA, ema_name, load_checkpoint
@@ -214,7 +214,7 @@ def scene_weights(captions: list[str], shape_weights: dict[str, float]) -> torch
     """
     if not shape_weights:
         return None
-    from ..datasets.shapes import SHAPES
+    from attnscope.datasets.shapes import SHAPES
 
     weights = []
     for caption in captions:
@@ -428,7 +428,7 @@ def build_pipeline(vae_run, run, use_ema: bool | float = True):
 
 def _shape_weight(text: str) -> tuple[str, float]:
     """``SHAPE=W`` for ``--shape-weight``; argparse turns the ValueError into a one-line usage error."""
-    from ..datasets.shapes import SHAPES
+    from attnscope.datasets.shapes import SHAPES
 
     shape, _, weight = text.partition("=")
     if shape not in SHAPES or not weight:

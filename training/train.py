@@ -1,8 +1,8 @@
 """Train the tiny ShapesWorld models on a CPU: seeded, resumable, time-boxed.
 
-    python -m attnscope.models.train vae  --out runs/vae  --minutes 8
-    python -m attnscope.models.train unet --vae runs/vae --out runs/unet --minutes 60
-    python -m attnscope.models.train unet --vae runs/vae --out runs/unet --minutes 30   # resumes
+    python -m training.train vae  --out runs/vae  --minutes 8
+    python -m training.train unet --vae runs/vae --out runs/unet --minutes 60
+    python -m training.train unet --vae runs/vae --out runs/unet --minutes 30   # resumes
 
 Each call continues from ``OUT/checkpoint.*`` if present and stops after ``--minutes`` (or
 ``--steps`` in total), writing a checkpoint every ``--every`` steps and at the end. Batches are a
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets.shapes import make_scene, scene_tensor
+from attnscope.datasets.shapes import make_scene, scene_tensor
 from . import architectures as arch
 from .checkpoint import EMA, ema_module, load_checkpoint, save_checkpoint
 
@@ -143,7 +143,7 @@ def load_vae(folder):
     vae = arch.shapes_vae(**vae_design(folder))
     state = load_checkpoint(folder, {"vae": vae})
     if state is None:
-        raise FileNotFoundError(f"No VAE checkpoint in {folder}; train one with `python -m attnscope.models.train vae`.")
+        raise FileNotFoundError(f"No VAE checkpoint in {folder}; train one with `python -m training.train vae`.")
     vae.register_to_config(scaling_factor=1.0 / state["latent_std"])
     return vae.eval().requires_grad_(False)
 

@@ -24,7 +24,7 @@ LONG=${LONG:-11500}
 SLOWER=${SLOWER:-8800} # --dual-attention 4 and --qk-norm cost 1.13–1.15× the step on 2 cores: STEPS in the same time
 KEEP=${KEEP:-5}       # transformers brought back (9.3 MB each)
 COMPILE=${COMPILE:-}  # e.g. "--compile reduce-overhead" once benchmarks/mmdit_compile.py has shown it works there
-UNET=src/attnscope/models/weights/shapes-unet
+UNET=src/attnscope/weights/shapes-unet
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 
@@ -51,7 +51,7 @@ start=$(date +%s)
 for seed in 0 1; do
   if [ ! -f "$RUNS/bank$seed/repa.json" ]; then
     if [ "$seed" = 1 ]; then mkdir -p "$RUNS/bank1"; cp "$RUNS/bank0"/bank.* "$RUNS/bank1/"; fi
-    $PY -m attnscope.models.train_mmdit --vae $UNET --out "$RUNS/bank$seed" --device $DEVICE --bank $BANK --seed $seed \
+    $PY -m training.train_mmdit --vae $UNET --out "$RUNS/bank$seed" --device $DEVICE --bank $BANK --seed $seed \
         --steps 0 --threads 8 >"$OUT/bank$seed.log" 2>&1 || { tail -20 "$OUT/bank$seed.log"; exit 1; }
   fi
 done
@@ -67,7 +67,7 @@ fi
 
 for name in "${!VARIANTS[@]}"; do
   finished "$name" && continue
-  $PY -m attnscope.models.train_mmdit --vae $UNET --out "$RUNS/$name" --bank-from "$RUNS/bank$(flag_of "$name" seed)" \
+  $PY -m training.train_mmdit --vae $UNET --out "$RUNS/$name" --bank-from "$RUNS/bank$(flag_of "$name" seed)" \
       --device $DEVICE --bank $BANK --threads 1 --every 1000000 --minutes "$MINUTES" $SHIPPED $COMPILE ${VARIANTS[$name]} \
       >>"$OUT/$name.log" 2>&1 &
 done
@@ -78,7 +78,7 @@ echo "training: $(( $(date +%s) - start )) s"
 for name in "${!VARIANTS[@]}"; do
   finished "$name" || { echo "$name: $(trained "$name") steps, not finished"; continue; }
   ( [ -f "$RUNS/$name-export/model_index.json" ] ||
-      $PY -m attnscope.models.export mmdit --vae $UNET --run "$RUNS/$name" --guidance 7 --out "$RUNS/$name-export" >>"$OUT/$name.log" 2>&1
+      $PY -m training.export mmdit --vae $UNET --run "$RUNS/$name" --guidance 7 --out "$RUNS/$name-export" >>"$OUT/$name.log" 2>&1
     for seed in 0 1; do
       [ -f "$RUNS/$name-gate$seed/results.json" ] ||
         $PY -m attnscope.cli eval --model "$RUNS/$name-export" --methods --n $N --guidance 7 --seed $seed --device $DEVICE \

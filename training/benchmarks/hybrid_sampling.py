@@ -25,12 +25,12 @@ class UNetVelocity:
     """The UNet's classifier-free-guided velocity at flow level σ (any σ in (0, 1])."""
 
     def __init__(self, folder, tokenizer, guidance: float):
-        from attnscope.models.distill import FlowTeacher
+        from training.distill import FlowTeacher
 
         self.teacher, self.tokenizer, self.guidance = FlowTeacher(folder, tokenizer, window=(0.0, 1.0)), tokenizer, guidance
 
     def prepare(self, captions):
-        from attnscope.models import architectures as arch
+        from training import architectures as arch
 
         ids = arch.token_ids(self.tokenizer, captions + [""] * len(captions))
         with torch.no_grad():
@@ -38,7 +38,7 @@ class UNetVelocity:
 
     @torch.no_grad()
     def __call__(self, x, sigma: float):
-        from attnscope.models.distill import ddpm_timestep
+        from training.distill import ddpm_timestep
 
         alphas = self.teacher.alphas_cumprod
         level = torch.tensor([sigma])
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
 
     from attnscope.datasets.detect import detect, matches_caption
     from attnscope.datasets.shapes import make_scenes, tensor_pixels
-    from attnscope.models import WEIGHTS
+    from attnscope.pipelines import WEIGHTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mmdit", default=str(WEIGHTS / "shapes-mmdit"))

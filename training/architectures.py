@@ -24,8 +24,8 @@ MAX_TOKENS = 24  # the longest ShapesWorld caption is 16 words; 24 leaves room f
 
 
 def shapes_tokenizer():
-    from ..datasets.shapes import vocabulary
-    from ..tokenizer import word_bpe_tokenizer
+    from attnscope.datasets.shapes import vocabulary
+    from attnscope.tokenizer import word_bpe_tokenizer
 
     return word_bpe_tokenizer(vocabulary(), max_length=MAX_TOKENS)
 

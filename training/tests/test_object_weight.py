@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from attnscope.datasets.shapes import make_scene
-from attnscope.models.object_weight import object_cells, scene_cells, weighted_mse
-from attnscope.models.train import scene_batch
+from training.object_weight import object_cells, scene_cells, weighted_mse
+from training.train import scene_batch
 
 
 def test_unit_weights_give_the_plain_loss_and_weights_shift_it():
@@ -43,7 +43,7 @@ def test_bank_cells_follow_the_bank_stream_and_refuse_another(tmp_path):
 
 
 def test_a_weight_that_is_not_positive_is_refused():
-    from attnscope.models.train_mmdit import main
+    from training.train_mmdit import main
 
     for bad in ("0", "-1"):
         with pytest.raises(SystemExit):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from attnscope.models import WEIGHTS
-from attnscope.models import architectures as arch
-from attnscope.models import train_mmdit
-from attnscope.models.distill import FlowTeacher
+from attnscope.pipelines import WEIGHTS
+from training import architectures as arch
+from training import train_mmdit
+from training.distill import FlowTeacher
 
 SIGMAS = (0.05, 0.1, 0.15, 0.2, 0.4, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9)
 

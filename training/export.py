@@ -1,7 +1,7 @@
 """Assemble trained checkpoints into a standard diffusers pipeline folder.
 
-    python -m attnscope.models.export unet  --vae runs/vae --run runs/unet  --out src/attnscope/models/weights/shapes-unet
-    python -m attnscope.models.export mmdit --vae runs/vae --run runs/mmdit --out src/attnscope/models/weights/shapes-mmdit
+    python -m training.export unet  --vae runs/vae --run runs/unet  --out src/attnscope/weights/shapes-unet
+    python -m training.export mmdit --vae runs/vae --run runs/mmdit --out src/attnscope/weights/shapes-mmdit
 
 The folder loads with ``DiffusionPipeline.from_pretrained(folder)``; weights are the EMA copies
 (``--raw``: the last step's own weights), the denoiser and VAE stored in float16 to keep the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import staged_folder
+from attnscope.files import staged_folder
 from . import architectures as arch
 from .checkpoint import load_checkpoint
 from .train import load_vae, run_tokenizer
