@@ -9,9 +9,9 @@ Example:
     torch.Size([64, 64])
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["trace", "load", "__version__"]
+__all__ = ["trace", "load", "load_pipeline", "__version__"]
 
 
 def __getattr__(name):
@@ -21,7 +21,11 @@ def __getattr__(name):
 
         return trace
     if name == "load":
-        from .io import load
+        from .methods import load
 
         return load
+    if name == "load_pipeline":
+        from .pipelines import load_pipeline
+
+        return load_pipeline
     raise AttributeError(f"module 'attnscope' has no attribute {name!r}")

@@ -3,6 +3,9 @@
 No pickle anywhere. Writes go to a temporary folder beside the target that is renamed into place
 at the end, so an interrupted save leaves nothing half-written.
 
+This module knows the file format only; :func:`attnscope.load` (in :mod:`attnscope.methods`)
+turns a folder back into the result type registered for its ``kind``.
+
 Example:
     >>> import attnscope                          # doctest: +SKIP
     >>> heat.save("runs/cat"); again = attnscope.load("runs/cat")   # doctest: +SKIP
@@ -62,16 +65,3 @@ def read_result(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]
     if meta.get("format", 0) > FORMAT_VERSION:
         raise ResultFileError(f"{folder} was written by a newer attnscope (format {meta['format']}); upgrade attnscope.")
     return meta, tensors
-
-
-def load(path: str | os.PathLike):
-    """Load any saved attnscope result (``DAAMResult`` today).
-
-    >>> attnscope.load("runs/cat").word("cat").shape     # doctest: +SKIP
-    """
-    meta, tensors = read_result(path)
-    if meta["kind"] == "daam":
-        from .methods.daam import DAAMResult
-
-        return DAAMResult.from_saved(meta, tensors)
-    raise ResultFileError(f"{path} holds a result of kind {meta['kind']!r}, which this attnscope cannot read.")

@@ -2,12 +2,20 @@
 
 import numpy as np
 import pytest
+import torch
 
-from attnscope.eval.methods import MapMethod, get_method, register_method
 from attnscope.eval.report import markdown_table
-from attnscope.eval.runner import Pair, summarize
+from attnscope.eval.runner import Pair, binarize, summarize
+from attnscope.methods import DAAMResult, Method, register_method
+from attnscope.methods.base import threshold_map
 
-register_method(MapMethod("oracle-test", lambda r, i, p: None, threshold=0.4, threshold_rule="relative_max"))
+
+@register_method
+class OracleTest(Method):
+    """A method whose maps the test sets directly (scored with DAAM's threshold rule)."""
+
+    name = "oracle-test"
+    result_type = DAAMResult
 
 
 def _pairs(n=6, seed=0):
@@ -34,10 +42,12 @@ def test_perfect_maps_score_one_and_baselines_do_not():
 
 def test_binarisation_rules():
     soft = np.array([[0.0, 0.5], [1.0, 2.0]])
-    daam = get_method("daam")
-    assert daam.binarize(soft).tolist() == [[False, False], [True, True]]
-    mean_rule = MapMethod("m", lambda *a: None, 0.0, "mean")
-    assert mean_rule.binarize(soft).tolist() == [[False, False], [True, True]]
+    assert binarize("daam", soft).tolist() == [[False, False], [True, True]]  # D >= 0.4 max D
+    assert binarize("daam", soft, 0.2).tolist() == [[False, True], [True, True]]
+    assert threshold_map(torch.tensor(soft), "mean").tolist() == [[False, False], [True, True]]
+    shifted = torch.tensor(soft) + 10  # eq. 7 is on the raw map: min-max scaling would change it
+    assert threshold_map(shifted, "relative_max", 0.99).sum() == 1
+    assert threshold_map(shifted, "reference", 0.99).sum() == 1 and threshold_map(shifted, "reference", 0.7).sum() == 1
 
 
 def test_no_pairs_is_an_error():

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from attnscope.eval.compare import compare_gates, load_gate, main, mcnemar_exact
+from attnscope.cli import main
+from attnscope.eval.compare import compare_gates, load_gate, mcnemar_exact
 
 
 def _records(matches, captions=None):
@@ -49,13 +50,13 @@ def test_bad_folders_end_in_one_line(tmp_path, capsys):
     for folder in ("missing", "old", "corrupt", "malformed"):
         with pytest.raises(ValueError):
             load_gate(tmp_path / folder)
-        assert main([str(tmp_path / folder), str(tmp_path / folder)]) == 2
+        assert main(["compare", str(tmp_path / folder), str(tmp_path / folder)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("attnscope: error:")
 
 
 def test_missed_objects_are_split_by_whether_their_colour_was_found():
-    from attnscope.eval.cli import missed_objects
+    from attnscope.eval.gate import missed_objects
 
     records = [{"missing": ["red cross", "blue star"], "found": ["red star", "green circle"]},
                {"missing": [], "found": ["red cross"]},
@@ -65,7 +66,7 @@ def test_missed_objects_are_split_by_whether_their_colour_was_found():
 
 
 def test_drawn_instead_counts_only_detections_in_the_missed_objects_colour():
-    from attnscope.eval.cli import drawn_instead
+    from attnscope.eval.gate import drawn_instead
 
     records = [{"missing": ["red cross", "blue star"], "found": ["red star", "red cross", "green circle"]},
                {"missing": ["red cross"], "found": ["red square"]},
@@ -76,7 +77,7 @@ def test_drawn_instead_counts_only_detections_in_the_missed_objects_colour():
 
 
 def test_missed_by_size_is_the_share_of_objects_of_each_size_left_unfound():
-    from attnscope.eval.cli import missed_by_size
+    from attnscope.eval.gate import missed_by_size
 
     records = [{"sizes": ["small", "large", "small"], "missing_sizes": ["small"]},
                {"sizes": ["large"], "missing_sizes": ["large"]}]

@@ -29,8 +29,8 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
 
 
 def registered_adapters() -> list[type[Adapter]]:
-    _load_builtin()
-    return list(_ADAPTERS)
+    """The built-in adapters, then those added with :func:`register_adapter`."""
+    return _builtin() + [cls for cls in _ADAPTERS if cls not in _builtin()]
 
 
 def adapter_for(pipe: Any) -> Adapter:
@@ -38,14 +38,16 @@ def adapter_for(pipe: Any) -> Adapter:
     for cls in registered_adapters():
         if cls.supports(pipe):
             return cls(pipe)
-    supported = "; ".join(c.description for c in _ADAPTERS)
+    supported = "; ".join(c.description for c in registered_adapters())
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} is not supported: attnscope traces {supported}."
     )
 
 
-def _load_builtin() -> None:
-    from . import unet  # noqa: F401  (registers itself)
+def _builtin() -> list[type[Adapter]]:
+    from .unet import UNetAdapter  # imported on first use: diffusers is heavy
+
+    return [UNetAdapter]
 
 
 __all__ = ["Adapter", "UnsupportedPipelineError", "adapter_for", "register_adapter", "registered_adapters"]

@@ -2,8 +2,10 @@
 
 One adapter per denoiser family (UNet today; SD3 and Flux MM-DiT next). An adapter knows which
 modules are the attention layers to read, in execution order, where the prompt's token ids come
-from, whether a call carries a classifier-free-guidance batch, and how to read the latent shape
-from the denoiser's inputs. Everything else — hooks, streaming stores, methods — is shared.
+from, whether a call carries a classifier-free-guidance batch, how to read the latent shape from
+the denoiser's inputs and each layer's pixel grid from its query count, what to tell a user whose
+attention processor cannot be read, and how to run one denoising pass on an image (for the
+benchmark's real-image protocol). Everything else — hooks, streaming stores, methods — is shared.
 
 To add a family, subclass :class:`Adapter`, implement the abstract parts and decorate the class
 with :func:`attnscope.adapters.register_adapter`.
@@ -58,6 +60,33 @@ class Adapter:
     def denoiser_inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float | None]:
         """``(latent sample, timestep)`` from a denoiser forward call."""
         raise NotImplementedError
+
+    def layer_grid(self, layer: LayerInfo, pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
+        """``(height, width, factor)`` of ``layer``'s query grid when it sees ``pixels`` queries on a
+        latent of ``latent_hw`` (factor: the latent's down-sampling at that layer)."""
+        raise NotImplementedError
+
+    def processor_hint(self) -> str:
+        """What to do when a layer's attention processor does not call SDPA (appended to the error)."""
+        return "set an attention processor that calls torch.nn.functional.scaled_dot_product_attention."
+
+    # -- one denoising pass on given latents (real-image protocol) ------------------------------------
+    def context_length(self) -> int:
+        """The number of prompt tokens the denoiser sees (longer prompts are cut)."""
+        _, tokenizer = self.text_encoder()
+        return int(tokenizer.model_max_length)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Latents of images in [-1, 1], ``(n, 3, H, W)``, as the denoiser expects them."""
+        raise NotImplementedError(f"{type(self).__name__} cannot encode images yet.")
+
+    def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, level: float) -> tuple[torch.Tensor, Any]:
+        """``(noisy latents, timestep)`` at ``level`` in (0, 1), a fraction of the noise schedule."""
+        raise NotImplementedError(f"{type(self).__name__} cannot noise latents yet.")
+
+    def denoise_once(self, noisy: torch.Tensor, timestep: Any, prompts: list[str]) -> None:
+        """One conditional denoiser call on ``noisy`` for ``prompts`` (no guidance), for tracing."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a single denoising pass yet.")
 
     def latent_hw(self, sample: torch.Tensor) -> tuple[int, int]:
         return int(sample.shape[-2]), int(sample.shape[-1])

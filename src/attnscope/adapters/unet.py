@@ -8,13 +8,13 @@ ids (or the second's, for a refiner that has only that one) define the tokens.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import torch
 
 from ..core.layers import LayerInfo
-from . import register_adapter
 from .base import Adapter
 
 _BLOCK_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
@@ -26,7 +26,6 @@ def _execution_key(name: str) -> tuple:
     return (_BLOCK_ORDER.get(parts[0], 3),) + numbers
 
 
-@register_adapter
 class UNetAdapter(Adapter):
     family = "unet"
     description = "diffusers pipelines whose denoiser is a UNet2DConditionModel (Stable Diffusion 1.x, 2.x, XL)"
@@ -55,9 +54,52 @@ class UNetAdapter(Adapter):
             return encoder, self.pipe.tokenizer
         return getattr(self.pipe, "text_encoder_2", None), getattr(self.pipe, "tokenizer_2", None)
 
+    def layer_grid(self, layer: LayerInfo, pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
+        """The UNet halves each side with stride-2 convolutions (``ceil(n / 2)``), so a layer's grid is
+        found by halving the latent shape until its area matches — never from ``sqrt(pixels)``.
+
+        >>> UNetAdapter.layer_grid(None, None, 96 * 64 // 4, (96, 64))
+        (48, 32, 2)
+        """
+        h, w = latent_hw
+        factor = 1
+        while h * w > pixels and (h > 1 or w > 1):
+            h, w, factor = math.ceil(h / 2), math.ceil(w / 2), factor * 2
+        if h * w != pixels:
+            raise ValueError(
+                f"An attention layer has {pixels} query positions, which is no down-sampling of the "
+                f"{latent_hw[0]}x{latent_hw[1]} latent; this denoiser needs its own adapter."
+            )
+        return h, w, factor
+
+    def processor_hint(self) -> str:
+        return ("call pipe.unet.set_attn_processor(AttnProcessor2_0()) (from diffusers.models.attention_processor) "
+                "before tracing.")
+
     def denoiser_inputs(self, args: tuple, kwargs: dict):
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
         if torch.is_tensor(timestep):
             timestep = float(timestep.flatten()[0]) if timestep.numel() else None
         return sample, (None if timestep is None else float(timestep))
+
+    # -- one denoising pass on given latents -------------------------------------------------------
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+        with torch.no_grad():
+            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+    def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, level: float):
+        scheduler = self.pipe.scheduler
+        timestep = int(round(level * (scheduler.config.num_train_timesteps - 1)))
+        steps = torch.full((latents.shape[0],), timestep, device=latents.device)
+        return scheduler.add_noise(latents, noise.to(latents), steps), timestep
+
+    def denoise_once(self, noisy: torch.Tensor, timestep, prompts: list[str]) -> None:
+        if getattr(self.pipe, "text_encoder_2", None) is not None:
+            raise NotImplementedError("One-pass denoising of real images supports Stable Diffusion 1.x / 2.x "
+                                      "pipelines; SDXL's added conditioning is not wired yet.")
+        with torch.no_grad():
+            embeds, _ = self.pipe.encode_prompt(prompts, noisy.device, 1, False)
+            self.pipe.unet(noisy, timestep, embeds)

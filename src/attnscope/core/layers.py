@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
@@ -62,27 +61,6 @@ def assign_head_offsets(layers: Sequence[LayerInfo]) -> int:
         layer.head_offset = offset
         offset += layer.heads
     return offset
-
-
-def grid_for(pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
-    """Return ``(height, width, factor)`` of a layer with ``pixels`` query positions.
-
-    The UNet halves each side with stride-2 convolutions (``ceil(n / 2)``), so the grid is
-    found by halving the latent shape until its area matches — never from ``sqrt(pixels)``.
-
-    >>> grid_for(96 * 64 // 4, (96, 64))
-    (48, 32, 2)
-    """
-    h, w = latent_hw
-    factor = 1
-    while h * w > pixels and (h > 1 or w > 1):
-        h, w, factor = math.ceil(h / 2), math.ceil(w / 2), factor * 2
-    if h * w != pixels:
-        raise ValueError(
-            f"An attention layer has {pixels} query positions, which is no down-sampling of the "
-            f"{latent_hw[0]}x{latent_hw[1]} latent; this denoiser needs its own adapter."
-        )
-    return h, w, factor
 
 
 def select_layers(

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .layers import LayerInfo, assign_head_offsets, grid_for, select_layers
+from .layers import LayerInfo, assign_head_offsets, select_layers
 from .store import Generation
 from .tap import AttentionTap, attention_probs
 
@@ -149,7 +149,7 @@ class Trace:
             raise RuntimeError(
                 f"Layer {layer.name} ran processor {processor}, which does not call "
                 "torch.nn.functional.scaled_dot_product_attention, so attnscope cannot read it; "
-                "call pipe.unet.set_attn_processor(AttnProcessor2_0()) before tracing."
+                f"{self.adapter.processor_hint()}"
             )
 
     def _current_accepts(self, layer: LayerInfo) -> bool:
@@ -208,7 +208,7 @@ class Trace:
             return
         pixels = int(query.shape[-2])
         if layer.height * layer.width != pixels or self._grid_latent.get(layer.name) != gen.latent_hw:
-            layer.height, layer.width, layer.factor = grid_for(pixels, gen.latent_hw)
+            layer.height, layer.width, layer.factor = self.adapter.layer_grid(layer, pixels, gen.latent_hw)
             self._grid_latent[layer.name] = gen.latent_hw
         if self.factors is not None and layer.factor not in self.factors:
             return
@@ -229,16 +229,34 @@ class Trace:
             raise RuntimeError(
                 "Nothing was traced: run the pipeline inside `with attnscope.trace(pipe) as tc:` first."
             )
+        n = len(self.generations)
+        if not isinstance(index, int) or not -n <= index < n:
+            raise IndexError(f"generation={index} does not exist; this trace holds {n} pipeline call(s) "
+                             f"(valid: 0..{n - 1}, or -1 for the last).")
         return self.generations[index]
 
-    def daam(self, generation: int = -1, **meta):
-        """DAAM heat maps of a traced pipeline call (the last one by default).
+    def run(self, method: Any, generation: int = -1, **meta):
+        """Read a traced pipeline call (the last by default) with ``method``: a
+        :class:`~attnscope.methods.base.Method` or a registered method's name. ``meta`` (e.g.
+        ``seed=0``) is stored with the result.
 
-        ``meta`` (e.g. ``seed=0``) is stored with the result.
+        ``tc.run("daam")`` is also spelled ``tc.daam()``: every registered method is a method of
+        the trace under its name.
         """
-        from ..methods.daam import DAAMResult
+        if isinstance(method, str):
+            from ..methods import get_method
 
-        return DAAMResult.from_generation(self.generation(generation), self, meta)
+            method = get_method(method)
+        return method(self, generation, **meta)
+
+    def __getattr__(self, name: str):
+        # tc.daam(), tc.<any registered method>(): the core resolves methods by name only
+        if not name.startswith("_"):
+            from ..methods import available_methods
+
+            if name in available_methods():
+                return lambda generation=-1, **meta: self.run(name, generation, **meta)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def trace(pipe: Any, **options) -> Trace:
@@ -255,6 +273,7 @@ def trace(pipe: Any, **options) -> Trace:
         cfg: override the detection of a classifier-free-guidance batch.
 
     Returns:
-        A :class:`Trace`; use it as a context manager, then call ``.daam()``.
+        A :class:`Trace`; use it as a context manager, then read it with a method:
+        ``tc.daam()`` (or ``tc.run("daam")``).
     """
     return Trace(pipe, **options)

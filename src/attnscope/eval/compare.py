@@ -4,8 +4,7 @@ Two models gated with the same ``--seed`` and ``--n`` see the same captions, so 
 is judged on the images where exactly one of them passed; the images both pass or both fail say
 nothing about which model is better. That test is much sharper than comparing two pass rates.
 
-    attnscope compare docs/results/gate-mmdit-lr2e3 docs/results/gate-mmdit
-    python -m attnscope.eval.compare docs/results/gate-mmdit-lr2e3 docs/results/gate-mmdit   # the same
+    attnscope compare docs/results/gate-unet docs/results/gate-mmdit
 
 Example:
     >>> mcnemar_exact(0, 6)  # six discordant images, all won by the second model
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,14 +88,3 @@ def compare_gates(first: list[dict], second: list[dict]) -> GateComparison:
     return GateComparison(both=pairs.count((True, True)), only_first=only_first,
                           only_second=only_second, neither=pairs.count((False, False)),
                           p_value=mcnemar_exact(only_first, only_second))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m attnscope.eval.compare A B`` is ``attnscope compare A B``."""
-    from ..cli import main as attnscope_main
-
-    return attnscope_main(["compare", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,22 +26,6 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def binarize(soft: np.ndarray, threshold: float = 0.5, normalize: bool = True) -> np.ndarray:
-    """``soft >= threshold`` after optional min-max normalisation to [0, 1].
-
-    A constant map normalises to all zeros (so it is all False for threshold > 0).
-
-    Example:
-        >>> binarize(np.array([0.0, 2.0, 4.0]), 0.5).tolist()
-        [False, True, True]
-    """
-    s = np.asarray(soft, dtype=np.float64)
-    if normalize:
-        lo, hi = float(s.min()), float(s.max())
-        s = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
-    return s >= threshold
-
-
 def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     """(|pred & gt|, |pred | gt|) of two boolean masks.
 

@@ -52,15 +52,15 @@ def example_grid(pairs, images, method: str, path: Path, n: int = 8, cell: int =
     """Rows of (image, ground truth, soft map, mask) for the first ``n`` pairs."""
     from PIL import Image, ImageDraw
 
-    from ..eval.methods import get_method
     from ..viz.overlay import colorize
+    from .runner import binarize
 
     rows = []
     for pair in pairs[:n]:
         image = images[pair.image]
         soft = pair.soft[method]
         norm = (soft - soft.min()) / max(float(soft.max() - soft.min()), 1e-8)
-        mask = get_method(method).binarize(soft)
+        mask = binarize(method, soft)
         tiles = [image, np.repeat(pair.gt[..., None] * 255, 3, -1).astype(np.uint8), colorize(norm),
                  np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8)]
         row = np.concatenate([np.asarray(Image.fromarray(t).resize((cell, cell), Image.NEAREST)) for t in tiles], 1)

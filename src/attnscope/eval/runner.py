@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..adapters import adapter_for
+from ..core.trace import trace
 from ..datasets.detect import detect, masks_for_words, match_objects
 from ..datasets.shapes import scene_tensor
+from ..methods import get_method
+from ..methods.base import DEFAULT_THRESHOLD, threshold_map
 from . import metrics
-from .methods import get_method
 
 SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
 
@@ -40,12 +43,18 @@ class Pair:
     word: str
     kind: str
     gt: np.ndarray
-    soft: dict = field(default_factory=dict)  # method name -> soft map
+    soft: dict = field(default_factory=dict)  # method name -> the method's un-normalised map (numpy)
+
+
+def binarize(name: str, raw: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """A method's map as a mask, under that method's own threshold rule (methods.base)."""
+    rule = get_method(name).result_type.threshold_rule
+    return threshold_map(torch.from_numpy(np.asarray(raw)), rule, threshold).numpy()
 
 
 def _words_match(result, image: int, scene) -> list:
     """The prompt's words as the model saw them: the caption's words, possibly cut by the tokenizer's length."""
-    words = result.words_by_prompt[result.prompt_of_image[image]]
+    words = result.word_tokens(image)
     if words and len(words) <= len(scene.words) and words[-1].text != scene.words[len(words) - 1]:
         words = words[:-1]  # the last word was cut in the middle of its tokens
     if [w.text for w in words] != scene.words[: len(words)]:
@@ -53,16 +62,19 @@ def _words_match(result, image: int, scene) -> list:
     return words
 
 
-def collect_pairs(result, scenes, gts, methods, offset: int = 0) -> list[Pair]:
+def collect_pairs(results: dict, scenes, gts, offset: int = 0) -> list[Pair]:
+    """Score-ready pairs from ``{method name: result}`` of one traced batch of ``scenes``."""
     pairs = []
+    first = next(iter(results.values()))
     for i, (scene, gt) in enumerate(zip(scenes, gts)):
-        words = _words_match(result, i, scene)
+        words = _words_match(first, i, scene)
         for index, mask in gt.items():
             if index >= len(words):  # cut off by the text encoder's context length: not scorable
                 continue
             pair = Pair(offset + i, scene.words[index], scene.word_kinds[index], mask.astype(bool))
-            for name in methods:
-                pair.soft[name] = get_method(name).soft_map(result, i, list(words[index].tokens))
+            with torch.no_grad():
+                for name, result in results.items():
+                    pair.soft[name] = result.raw_map(list(words[index].tokens), i).numpy()
             pairs.append(pair)
     return pairs
 
@@ -72,13 +84,14 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
 
     With no ``methods`` nothing is traced: only the quality gate is measured (any pipeline works).
     """
-    import attnscope
-
+    if batch < 1:
+        raise ValueError(f"batch={batch} must be at least 1.")
     pairs, records, images = [], [], []
+    context = adapter_for(pipe).context_length() if methods else _context_length(pipe)
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
         generators = [torch.Generator().manual_seed(seed + start + j) for j in range(len(chunk))]
-        with attnscope.trace(pipe) if methods else contextlib.nullcontext() as tc:
+        with trace(pipe) if methods else contextlib.nullcontext() as tc:
             out = pipe([s.caption for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
                        generator=generators, output_type="np")
         arrays = [(img * 255).round().astype(np.uint8) for img in out.images]
@@ -90,7 +103,7 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
             missed = [o for o, hit in zip(scene.objects, hits) if hit is None]
             records.append({"caption": scene.caption, "n_objects": len(scene.objects),
                             "shapes": sorted({o.shape for o in scene.objects}),
-                            "truncated": len(ids) > pipe.tokenizer.model_max_length,
+                            "truncated": len(ids) > context,
                             "match": not missed,  # matches_caption, from the same hits
                             "colors_exact": sorted(d.color for d in found) == sorted(o.color for o in scene.objects),
                             "missing": [f"{o.color} {o.shape}" for o in missed],
@@ -99,7 +112,7 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
                             "found": [f"{d.color} {d.shape}" for d in found]})
             gts.append(masks_for_words(found, scene))
         if methods:
-            pairs += collect_pairs(tc.daam(), chunk, gts, methods, offset=start)
+            pairs += collect_pairs({name: tc.run(name) for name in methods}, chunk, gts, offset=start)
         images += arrays
         if progress:
             progress(len(images), len(scenes))
@@ -107,36 +120,36 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
 
 
 def run_real(pipe, scenes, methods, noise=0.5, draws=1, batch=25, seed=0, progress=None):
-    """One denoising pass on noised dataset images; ground truth is the dataset's exact masks."""
-    import attnscope
+    """One denoising pass on noised dataset images; ground truth is the dataset's exact masks.
 
+    The ``draws`` noise draws of a batch are traced as separate calls and their stored attention
+    summed before the methods read it, so each map averages every draw.
+    """
+    if batch < 1:
+        raise ValueError(f"batch={batch} must be at least 1.")
+    adapter = adapter_for(pipe)
     pairs, images = [], []
-    scale = pipe.vae.config.scaling_factor
-    t_index = int(round(noise * (pipe.scheduler.config.num_train_timesteps - 1)))
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
-        pixels = scene_tensor(chunk)
-        with torch.no_grad():
-            latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mean * scale
-        with attnscope.trace(pipe, cfg=False) as tc:
+        latents = adapter.encode_images(scene_tensor(chunk))
+        with trace(pipe, cfg=False) as tc:
             for d in range(draws):
                 gen = torch.Generator().manual_seed(seed * 7919 + start * 31 + d)
-                noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=gen),
-                                                 torch.full((len(chunk),), t_index))
-                with torch.no_grad():
-                    embeds, _ = pipe.encode_prompt([s.caption for s in chunk], latents.device, 1, False)
-                    pipe.unet(noisy, t_index, embeds)
-        # every draw is its own generation; average their maps by summing the stored attention
-        result = tc.daam(0)
-        for g in range(1, len(tc.generations)):
-            extra = tc.daam(g)
-            for name in result.maps:
-                result.maps[name] = result.maps[name] + extra.maps[name]
-        pairs += collect_pairs(result, chunk, [s.word_masks for s in chunk], methods, offset=start)
+                noisy, timestep = adapter.noise_latents(latents, torch.randn(latents.shape, generator=gen), noise)
+                adapter.denoise_once(noisy, timestep, [s.caption for s in chunk])
+        for extra in tc.generations[1:]:
+            tc.generation(0).absorb(extra)
+        results = {name: tc.run(name, 0) for name in methods}
+        pairs += collect_pairs(results, chunk, [s.word_masks for s in chunk], offset=start)
         images += [s.image for s in chunk]
         if progress:
             progress(len(images), len(scenes))
     return pairs, images
+
+
+def _context_length(pipe) -> int:
+    tokenizer = getattr(pipe, "tokenizer", None)
+    return int(getattr(tokenizer, "model_max_length", 1 << 30))
 
 
 def _scores(preds, pairs, softs=None) -> dict:
@@ -171,14 +184,13 @@ def summarize(pairs: list[Pair], methods, seed: int = 0) -> dict:
         random_maps = [rng.random(p.gt.shape) for p in members]
         rows["baseline: random map"] = _scores([m >= 0.5 for m in random_maps], members, random_maps)
         for name in methods:
-            method = get_method(name)
             softs = [p.soft[name] for p in members]
-            rows[name] = _scores([method.binarize(s) for s in softs], members, softs)
-            rows[name]["threshold"] = method.threshold
-            sweep = {t: metrics.mean_iou([(method.binarize(s, t), p.gt) for s, p in zip(softs, members)])
+            rows[name] = _scores([binarize(name, s) for s in softs], members, softs)
+            rows[name]["threshold"] = DEFAULT_THRESHOLD
+            sweep = {t: metrics.mean_iou([(binarize(name, s, t), p.gt) for s, p in zip(softs, members)])
                      for t in SWEEP}
             best = max(sweep, key=sweep.get)
-            rows[f"{name} @ best fixed τ (oracle)"] = {**_scores([method.binarize(s, best) for s in softs], members, softs),
+            rows[f"{name} @ best fixed τ (oracle)"] = {**_scores([binarize(name, s, best) for s in softs], members, softs),
                                                       "threshold": best}
         table[group] = {"pairs": len(members), "rows": rows}
     return table

@@ -1,0 +1,61 @@
+"""Attribution methods on the tracing core, found by name, and loading of their saved results.
+
+Every method is a :class:`~attnscope.methods.base.Method` whose call returns a typed
+:class:`~attnscope.methods.base.MapResult`; results save under their ``kind`` and
+:func:`load` reads any of them back. The benchmark (``attnscope eval --methods NAME``) and
+``Trace.run(NAME)`` use this registry. Third-party methods join with :func:`register_method`.
+
+Example:
+    >>> available_methods()
+    ['daam']
+    >>> get_method("daam")
+    DAAM()
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import MapResult, Method
+from .daam import DAAM, DAAMResult
+
+_METHODS: dict[str, type[Method]] = {DAAM.name: DAAM}
+_RESULTS: dict[str, type[MapResult]] = {DAAMResult.kind: DAAMResult}
+
+
+def register_method(method: type[Method]) -> type[Method]:
+    """Class decorator: make ``method`` available by name and its results loadable by kind."""
+    if not method.name or not method.result_type.kind:
+        raise ValueError(f"{method.__name__} needs a `name` and a result type with a `kind`.")
+    _METHODS[method.name] = method
+    _RESULTS[method.result_type.kind] = method.result_type
+    return method
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str, **options) -> Method:
+    """A method object by name (``options`` go to its constructor)."""
+    if name not in _METHODS:
+        raise KeyError(f"Unknown method {name!r}; available: {', '.join(available_methods())}.")
+    return _METHODS[name](**options)
+
+
+def load(path: str | os.PathLike) -> MapResult:
+    """Load any saved attnscope result (its kind is recorded in the file).
+
+    >>> attnscope.load("runs/cat").word("cat").shape     # doctest: +SKIP
+    """
+    from ..io import ResultFileError, read_result
+
+    record, tensors = read_result(path)
+    kind = record["kind"]
+    if kind not in _RESULTS:
+        raise ResultFileError(f"{path} holds a result of kind {kind!r}, which this attnscope cannot read "
+                              f"(known kinds: {', '.join(sorted(_RESULTS))}); upgrade attnscope.")
+    return _RESULTS[kind].from_saved(record, tensors)
+
+
+__all__ = ["DAAM", "DAAMResult", "MapResult", "Method", "available_methods", "get_method", "load", "register_method"]

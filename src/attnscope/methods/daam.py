@@ -8,27 +8,31 @@ interpolation is linear. Only the word's tokens are upsampled (the reference ups
 
 Example:
     >>> heat = tc.daam(seed=0)                                  # doctest: +SKIP
-    >>> soft = heat.word("giraffe", image=0)                    # (H, W) float in [0, 1]
-    >>> mask = heat.word("giraffe", image=0, threshold=0.4)     # (H, W) bool
-    >>> heat.save("runs/giraffe"); attnscope.load("runs/giraffe")
+    >>> soft = heat.word("giraffe", image=0)                    # doctest: +SKIP
+    >>> mask = heat.word("giraffe", image=0, threshold=0.4)     # doctest: +SKIP
+    >>> heat.save("runs/giraffe"); attnscope.load("runs/giraffe")   # doctest: +SKIP
+    >>> DAAM()(tc, seed=0)                     # the same as tc.daam(seed=0)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..core.layers import LayerInfo
+from .._version import __version__
+from ..core.layers import LayerInfo, select_layers
 from ..core.tokens import Word, find_word
+from .base import MapResult, Method, normalize, threshold_map, token_positions
 
-THRESHOLD_MODES = ("paper", "reference")
+#: ``word(..., threshold_mode=)`` names of the threshold rules in :mod:`attnscope.methods.base`.
+THRESHOLD_MODES = {"paper": "relative_max", "reference": "reference"}
 
 
 @dataclass
-class DAAMResult:
+class DAAMResult(MapResult):
     """Per-image DAAM heat maps of one traced pipeline call.
 
     Attributes:
@@ -43,6 +47,9 @@ class DAAMResult:
         meta: model, seed, steps, settings and version — everything needed to reproduce.
         per_step: ``{layer name: (steps, images, heads, tokens, h, w)}`` when the trace kept steps.
     """
+
+    kind: ClassVar[str] = "daam"
+    threshold_rule: ClassVar[str] = "relative_max"
 
     maps: dict[str, torch.Tensor]
     layers: list[LayerInfo]
@@ -59,8 +66,6 @@ class DAAMResult:
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_generation(cls, gen, trace, meta: dict) -> "DAAMResult":
-        from .. import __version__
-
         if not gen.sums:
             raise RuntimeError(
                 "The trace read no attention (steps/layers/factors excluded every call?); widen the selection."
@@ -102,9 +107,8 @@ class DAAMResult:
         )
 
     # -- words ---------------------------------------------------------------------------------
-    @property
-    def n_images(self) -> int:
-        return len(self.prompt_of_image)
+    def keys(self, image: int = 0) -> list[str]:
+        return self.words(image)
 
     def words(self, image: int = 0) -> list[str]:
         """The words of the prompt of ``image``."""
@@ -114,14 +118,14 @@ class DAAMResult:
         return " ".join(self.words(image))
 
     def _words(self, image: int) -> list[Word]:
-        self._check_image(image)
+        image = self.check_image(image)
         if not self.words_by_prompt:
             raise RuntimeError("This result has no prompt tokens (prompt_embeds were passed); use token_map().")
         return self.words_by_prompt[self.prompt_of_image[image]]
 
-    def _check_image(self, image: int) -> None:
-        if not -self.n_images <= image < self.n_images:
-            raise IndexError(f"image={image} does not exist; this result has {self.n_images} image(s).")
+    def word_tokens(self, image: int = 0) -> list[Word]:
+        """The prompt's words of ``image`` with their token positions (repeated words stay apart)."""
+        return list(self._words(image))
 
     # -- maps ----------------------------------------------------------------------------------
     def word(
@@ -149,10 +153,20 @@ class DAAMResult:
                 indices, down-sampling factors).
             step: use one kept denoising call (needs ``trace(..., keep_steps=True)``).
         """
-        chosen = find_word(self._words(image), word, occurrence)
-        positions = [t for w in chosen for t in w.tokens]
-        raw = self.token_map(positions, image, layers=layers, heads=heads, factors=factors, step=step)
-        return finish_map(raw, threshold, threshold_mode)
+        if threshold_mode not in THRESHOLD_MODES:
+            raise ValueError(f"threshold_mode={threshold_mode!r} is unknown; use one of {tuple(THRESHOLD_MODES)}.")
+        raw = self.raw_map(word, image, occurrence=occurrence, layers=layers, heads=heads, factors=factors, step=step)
+        if threshold is None:
+            return normalize(raw)
+        return threshold_map(raw, THRESHOLD_MODES[threshold_mode], threshold)
+
+    def raw_map(self, key: str | Sequence[int], image: int = 0, *, occurrence: int | None = None, **options) -> torch.Tensor:
+        """Un-normalised map of a word or phrase (``str``) or of token positions (ints) in ``image``."""
+        if isinstance(key, str):
+            positions = token_positions(find_word(self._words(image), key, occurrence))
+        else:
+            positions = [int(p) for p in key]
+        return self.token_map(positions, image, **options)
 
     def token_map(
         self,
@@ -165,7 +179,7 @@ class DAAMResult:
         step: int | None = None,
     ) -> torch.Tensor:
         """Un-normalised map (image size) of the mean over token ``positions``."""
-        self._check_image(image)
+        image = self.check_image(image)
         total, count = None, 0
         for layer, local in self._selection(layers, heads, factors):
             source = self.maps[layer.name] if step is None else self._step_maps(layer.name, step)
@@ -192,8 +206,6 @@ class DAAMResult:
         return self.per_step[name][steps.index(step)]
 
     def _selection(self, layers, heads, factors):
-        from ..core.layers import select_layers
-
         chosen = select_layers(self.layers, layers) if layers is not None else self.layers
         if factors is not None:
             wanted = {int(f) for f in factors}
@@ -208,20 +220,8 @@ class DAAMResult:
             if local:
                 yield layer, local
 
-    # -- pictures ------------------------------------------------------------------------------
-    def overlay(self, word: str, image: int = 0, alpha: float = 0.55, **options):
-        """The image (when decoded) with the word's soft map blended on top, as a PIL image."""
-        from ..viz.overlay import overlay
-
-        if self.images is None:
-            raise RuntimeError("This result holds no decoded image (output_type='latent'?); pass one to viz.overlay.")
-        return overlay(self.images[image].numpy(), self.word(word, image, **options), alpha=alpha)
-
     # -- files ---------------------------------------------------------------------------------
-    def save(self, path) -> "Path":
-        """Save as ``path/attnscope.json`` + ``path/tensors.safetensors`` (no pickle)."""
-        from ..io import save_result
-
+    def to_saved(self) -> tuple[dict, dict[str, torch.Tensor]]:
         tensors = {f"map/{name}": t for name, t in self.maps.items()}
         tensors.update({f"step/{name}": t for name, t in self.per_step.items()})
         if self.images is not None:
@@ -236,7 +236,7 @@ class DAAMResult:
             "latent_hw": list(self.latent_hw),
             "meta": self.meta,
         }
-        return save_result(path, "daam", meta, tensors)
+        return meta, tensors
 
     @classmethod
     def from_saved(cls, record: dict, tensors: dict[str, torch.Tensor]) -> "DAAMResult":
@@ -267,20 +267,15 @@ def _to_grid(probs: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
     return probs.transpose(-1, -2).reshape(n, h, t, layer.height, layer.width).contiguous()
 
 
-def finish_map(raw: torch.Tensor, threshold: float | None, mode: str = "paper") -> torch.Tensor:
-    """Soft map (min-max to [0, 1]) or boolean mask of an aggregated map.
+class DAAM(Method):
+    """DAAM as a method object: ``DAAM()(tc)`` is ``tc.daam()``.
 
-    >>> finish_map(torch.tensor([[0.0, 1.0], [2.0, 4.0]]), 0.4).tolist()
-    [[False, False], [True, True]]
+    >>> DAAM().name
+    'daam'
     """
-    if mode not in THRESHOLD_MODES:
-        raise ValueError(f"threshold_mode={mode!r} is unknown; use one of {THRESHOLD_MODES}.")
-    low, high = raw.min(), raw.max()
-    soft = (raw - low) / (high - low).clamp_min(1e-8)
-    if threshold is None:
-        return soft
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold={threshold} must lie in [0, 1] (a fraction of the map's maximum).")
-    if mode == "paper":
-        return raw >= threshold * high
-    return soft > threshold
+
+    name: ClassVar[str] = "daam"
+    result_type: ClassVar[type[MapResult]] = DAAMResult
+
+    def __call__(self, trace: Any, generation: int = -1, **meta) -> DAAMResult:
+        return DAAMResult.from_generation(trace.generation(generation), trace, meta)

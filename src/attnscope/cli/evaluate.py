@@ -7,14 +7,19 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from collections import Counter
 from pathlib import Path
+
+from ..pipelines import DEFAULT_MODEL, DTYPES
+from .errors import CLIError
+from .generate import open_pipeline, settings_of
 
 
 def add_eval_parser(sub) -> None:
-    ev = sub.add_parser("eval", help="score attribution maps as segmentations (ShapesWorld or COCO-style data)")
+    ev = sub.add_parser("eval", help="score attribution maps as segmentations (ShapesWorld or COCO-style data)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ev.add_argument("--protocol", choices=["generated", "real"], default="generated")
     ev.add_argument("--model", help="hub id or local diffusers folder (default: the shipped tiny model)")
     ev.add_argument("--methods", nargs="*", default=["daam"],
@@ -29,8 +34,11 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--batch", type=int, default=25)
     ev.add_argument("--out", type=Path, default=Path("attnscope-eval"))
     ev.add_argument("--device")
-    ev.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    ev.add_argument("--dtype", choices=DTYPES, help="default: float32 (the benchmark's reference precision)")
     ev.set_defaults(func=cmd_eval)
+
+
+def add_compare_parser(sub) -> None:
     pair = sub.add_parser("compare", help="pair two quality gates on the same captions (exact McNemar test)")
     pair.add_argument("first", type=Path, help="`attnscope eval --out` folder of the first model")
     pair.add_argument("second", type=Path, help="the same for the second model")
@@ -38,8 +46,7 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from ..cli import CLIError
-    from .compare import compare_gates, load_gate
+    from ..eval.compare import compare_gates, load_gate
 
     try:
         comparison = compare_gates(load_gate(args.first), load_gate(args.second))
@@ -50,12 +57,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..cli import CLIError, _resolve_device, default_model, load_pipeline, model_defaults
     from ..datasets.coco import load_coco
     from ..datasets.shapes import make_scenes
-    from .methods import available_methods
-    from .report import example_grid, sample_grid, write_report
-    from .runner import run_generated, run_real, summarize
+    from ..eval.gate import drawn_instead, missed_by_size, missed_objects, pass_rates
+    from ..eval.report import example_grid, sample_grid, write_report
+    from ..eval.runner import run_generated, run_real, summarize
+    from ..methods import available_methods
 
     unknown = [m for m in args.methods if m not in available_methods()]
     if unknown:
@@ -66,13 +73,14 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--noise must lie strictly between 0 and 1 (got {args.noise}).")
     if args.n < 1:
         raise CLIError(f"--n must be at least 1 (got {args.n}).")
-    model = args.model or default_model()
-    if model is None:
-        raise CLIError("No default model ships with this build; pass --model.")
-    device = _resolve_device(args.device)
-    pipe = load_pipeline(model, device, args.dtype or "float32", need_adapter=bool(args.methods))
+    if args.batch < 1:
+        raise CLIError(f"--batch must be at least 1 (got {args.batch}).")
+    if args.draws < 1:
+        raise CLIError(f"--draws must be at least 1 (got {args.draws}).")
+    defaults = settings_of(args.model)
+    model = args.model or DEFAULT_MODEL
+    pipe = open_pipeline(args.model, args.device, args.dtype or "float32", require_adapter=bool(args.methods))
     pipe.set_progress_bar_config(disable=True)
-    defaults = model_defaults(model)
     size = defaults.get("height", 64)
     if args.coco:
         try:
@@ -97,8 +105,8 @@ def cmd_eval(args) -> int:
         gate = sum(r["match"] for r in records) / len(records)
         header.update(steps=steps, guidance=guidance, quality_gate=round(gate, 4),
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
-                      quality_by_objects=_pass_rates(records, lambda r: [r["n_objects"]]),
-                      quality_by_shape=_pass_rates(records, lambda r: r["shapes"]),
+                      quality_by_objects=pass_rates(records, lambda r: [r["n_objects"]]),
+                      quality_by_shape=pass_rates(records, lambda r: r["shapes"]),
                       missed_objects=missed_objects(records), drawn_instead=drawn_instead(records),
                       missed_by_size=missed_by_size(records),
                       truncated_captions=sum(r["truncated"] for r in records), scored_pairs=len(pairs))
@@ -117,62 +125,3 @@ def cmd_eval(args) -> int:
         example_grid(pairs, images, method, args.out / f"examples_{method}.png")
     print((args.out / "results.md").read_text())
     return 0
-
-
-def _pass_rates(records: list, groups_of) -> dict:
-    """Share of passing images in each group; ``groups_of(record)`` lists the groups a record is in
-    (its object count; every shape its caption names)."""
-    groups: dict = {}
-    for record in records:
-        for key in groups_of(record):
-            groups.setdefault(key, []).append(record["match"])
-    return {str(key): round(sum(passed) / len(passed), 4) for key, passed in sorted(groups.items())}
-
-
-def missed_objects(records: list) -> dict:
-    """Why captioned objects went unfound, counted per object and by its shape: ``colour absent`` (no
-    detection has its colour) or ``other shape`` (some detection has its colour — possibly one matched
-    to another object of that colour — but none with its colour and shape).
-
-        missed_objects([{"missing": ["red cross"], "found": ["red star"]}])
-        # {'colour absent': {}, 'other shape': {'cross': 1}}
-    """
-    kinds: dict = {"colour absent": {}, "other shape": {}}
-    for record in records:
-        colours = {item.split()[0] for item in record["found"]}
-        for item in record["missing"]:
-            colour, shape = item.split()
-            counts = kinds["other shape" if colour in colours else "colour absent"]
-            counts[shape] = counts.get(shape, 0) + 1
-    return {kind: dict(sorted(counts.items())) for kind, counts in kinds.items()}
-
-
-def drawn_instead(records: list) -> dict:
-    """For each captioned object found in its colour but not its shape, the shapes the detector saw in
-    that colour, counted as ``{captioned shape: {detected shape: count}}`` (a confusion table of the misses).
-
-        drawn_instead([{"missing": ["red cross"], "found": ["red star", "blue circle"]}])
-        # {'cross': {'star': 1}}
-    """
-    table: dict = {}
-    for record in records:
-        for item in record["missing"]:
-            colour, shape = item.split()
-            for detected in record["found"]:
-                found_colour, found_shape = detected.split()
-                if found_colour == colour and found_shape != shape:
-                    row = table.setdefault(shape, {})
-                    row[found_shape] = row.get(found_shape, 0) + 1
-    return {shape: dict(sorted(row.items())) for shape, row in sorted(table.items())}
-
-
-def missed_by_size(records: list) -> dict:
-    """Share of captioned objects the detector did not find, by the object's drawn size (whether or not
-    the caption says it): tells whether misses are a matter of resolution.
-
-        missed_by_size([{"sizes": ["small", "large"], "missing_sizes": ["small"]}])
-        # {'large': 0.0, 'small': 1.0}
-    """
-    total = Counter(size for record in records for size in record["sizes"])
-    missed = Counter(size for record in records for size in record["missing_sizes"])
-    return {str(size): round(missed[size] / total[size], 4) for size in sorted(total, key=str)}
