@@ -20,7 +20,7 @@ def test_every_spelling_of_daam_gives_the_same_result(traced):
     assert isinstance(by_name, DAAMResult) and isinstance(by_name, MapResult)
     for other in (by_object, by_attribute):
         assert torch.equal(by_name.word("cat", image=0), other.word("cat", image=0))
-    assert available_methods() == ["daam"] and isinstance(get_method("daam"), DAAM)
+    assert "daam" in available_methods() and isinstance(get_method("daam"), DAAM)
 
 
 def test_shared_behaviour_soft_mask_and_keys(traced):

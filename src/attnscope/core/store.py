@@ -22,7 +22,7 @@ class Generation:
     """Everything recorded about one pipeline call.
 
     Attributes:
-        sums: ``{layer name: (images, heads, pixels, tokens)}`` float32 running sums.
+        sums: ``{layer name: (images, heads, tokens, pixels)}`` float32 running sums (token-major).
         head_index: ``{layer name: [head indices kept]}``.
         steps_read: how many denoising calls were summed into ``sums``.
         per_step: ``{layer name: [per-call tensors]}`` when ``keep_steps`` is on.
@@ -111,10 +111,10 @@ class Generation:
         return steps is None or self.call_index in steps
 
     def accumulate(self, layer: LayerInfo, heads: list[int], probs: torch.Tensor) -> None:
-        """Add one call's conditional probabilities ``(images, heads, pixels, tokens)``."""
-        keep = self.kept_tokens(probs.shape[-1])
-        if keep < probs.shape[-1]:
-            probs = probs[..., :keep]
+        """Add one call's conditional probabilities ``(images, heads, tokens, pixels)``."""
+        keep = self.kept_tokens(probs.shape[-2])
+        if keep < probs.shape[-2]:
+            probs = probs[..., :keep, :]
         current = self.sums.get(layer.name)
         if current is None:
             self.sums[layer.name] = probs.contiguous()

@@ -20,8 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .layers import LayerInfo, assign_head_offsets, select_layers
+from .profile import HookProfile
 from .store import Generation
-from .tap import AttentionTap, attention_probs
+from .tap import AttentionTap, ProfiledTap, attention_probs
 
 
 def _as_step_filter(steps) -> range | None:
@@ -48,6 +49,7 @@ class Trace:
         keep_steps: bool = False,
         keep_padding: bool = False,
         cfg: bool | None = None,
+        profile: bool = False,
         adapter: Any = None,
     ):
         from ..adapters import adapter_for
@@ -67,6 +69,7 @@ class Trace:
         self.keep_steps = keep_steps
         self.keep_padding = keep_padding
         self.cfg_override = cfg
+        self.profile: HookProfile | None = HookProfile() if profile else None
         self.generations: list[Generation] = []
         self._pending_ids: torch.Tensor | None = None
         self._handles: list = []
@@ -110,19 +113,24 @@ class Trace:
         return False
 
     def _install(self) -> None:
+        timed = (lambda fn: fn) if self.profile is None else (lambda fn: self.profile.timed(fn, "hooks"))
         denoiser = self.adapter.denoiser()
-        self._handles.append(denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
+        if self.profile is not None:  # outermost: the call's wall time includes every hook below
+            self._handles.append(denoiser.register_forward_pre_hook(self.profile.call_started, prepend=True))
+            self._handles.append(denoiser.register_forward_hook(self.profile.call_ended, always_call=True))
+        self._handles.append(denoiser.register_forward_pre_hook(timed(self._on_denoiser), with_kwargs=True))
         encoder, _ = self.adapter.text_encoder()
         if encoder is not None:
-            self._handles.append(encoder.register_forward_pre_hook(self._on_encoder, with_kwargs=True))
+            self._handles.append(encoder.register_forward_pre_hook(timed(self._on_encoder), with_kwargs=True))
         decoder = self.adapter.image_decoder()
         if decoder is not None:
-            self._handles.append(decoder.register_forward_hook(self._on_decoder))
+            self._handles.append(decoder.register_forward_hook(timed(self._on_decoder)))
         for layer in self.layers:
-            tap = AttentionTap(lambda q, k, m, s, layer=layer: self._observe(layer, q, k, m, s))
+            observe = lambda q, k, m, s, layer=layer: self._observe(layer, q, k, m, s)  # noqa: E731
+            tap = AttentionTap(observe) if self.profile is None else ProfiledTap(observe, self.profile)
             module = self._modules[layer.name]
-            self._handles.append(module.register_forward_pre_hook(self._enter_hook(tap)))
-            self._handles.append(module.register_forward_hook(self._leave_hook(tap, layer), always_call=True))
+            self._handles.append(module.register_forward_pre_hook(timed(self._enter_hook(tap))))
+            self._handles.append(module.register_forward_hook(timed(self._leave_hook(tap, layer)), always_call=True))
 
     @staticmethod
     def _enter_hook(tap: AttentionTap):
@@ -221,7 +229,8 @@ class Trace:
             mask = mask[rows] if mask.shape[0] == query.shape[0] else mask
             if len(heads) != layer.heads and mask.shape[1] == layer.heads:
                 mask = mask[:, heads]
-        gen.accumulate(layer, heads, attention_probs(q, k, mask, scale))
+        keep = gen.kept_tokens(int(key.shape[-2]))
+        gen.accumulate(layer, heads, attention_probs(q, k, mask, scale, keep=keep))
 
     # -- results ---------------------------------------------------------------------------------
     def generation(self, index: int = -1) -> Generation:
@@ -271,6 +280,8 @@ def trace(pipe: Any, **options) -> Trace:
         keep_steps: also keep each call's maps (memory grows with steps; off by default).
         keep_padding: keep padding tokens after the end token (off: stored maps cover the prompt).
         cfg: override the detection of a classifier-free-guidance batch.
+        profile: time attnscope's own hooks per denoising call (``tc.profile.summary()``; see
+            :mod:`attnscope.core.profile`); off by default, and free when off.
 
     Returns:
         A :class:`Trace`; use it as a context manager, then read it with a method:

@@ -73,7 +73,7 @@ class DAAMResult(MapResult):
         layers = [l for l in trace.layers if l.name in gen.sums]
         maps, per_step = {}, {}
         for layer in layers:
-            maps[layer.name] = _to_grid(gen.sums[layer.name], layer).cpu()
+            maps[layer.name] = _to_grid(gen.sums[layer.name], layer).to("cpu", copy=True)
             if gen.per_step.get(layer.name):
                 per_step[layer.name] = torch.stack([_to_grid(p, layer) for p in gen.per_step[layer.name]])
         prompts = range(gen.n_prompts) if gen.prompt_ids is not None else []
@@ -262,9 +262,9 @@ class DAAMResult(MapResult):
 
 
 def _to_grid(probs: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
-    """``(images, heads, pixels, tokens)`` → ``(images, heads, tokens, h, w)``."""
-    n, h, _, t = probs.shape
-    return probs.transpose(-1, -2).reshape(n, h, t, layer.height, layer.width).contiguous()
+    """``(images, heads, tokens, pixels)`` → ``(images, heads, tokens, h, w)``."""
+    n, h, t, _ = probs.shape
+    return probs.reshape(n, h, t, layer.height, layer.width)
 
 
 class DAAM(Method):
