@@ -69,27 +69,11 @@ def save_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None, me
     os.replace(folder / "checkpoint.json.tmp", folder / "checkpoint.json")
 
 
-def ema_name(module: str, decay: float) -> str:
-    """The key of a second EMA of ``module`` with another decay, as train and export spell it.
-
-    >>> ema_name("transformer", 0.9995)
-    'transformer@0.9995'
-    """
-    return f"{module}@{decay:g}"
-
-
-def ema_module(name: str) -> str:
-    """The module an EMA key follows: ``ema_module("transformer@0.9995") == "transformer"``."""
-    return name.partition("@")[0]
-
-
 def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = None, emas: dict | None = None,
-                    use_ema: bool | float = False) -> dict | None:
+                    use_ema: bool = False) -> dict | None:
     """Restore what :func:`save_checkpoint` wrote; returns its metadata, or None if there is none.
 
-    ``use_ema`` loads the modules' EMA copies (where a module has one) instead of their own weights;
-    a decay (``use_ema=0.9995``) loads the second EMAs kept with that decay (``--extra-ema``). An
-    EMA in ``emas`` the checkpoint lacks (one added on resume) starts from the module's main EMA.
+    ``use_ema`` loads the modules' EMA copies (where a module has one) instead of their own weights.
     """
     from safetensors.torch import load_file
 
@@ -99,19 +83,12 @@ def load_checkpoint(folder, modules: dict, opt: torch.optim.Optimizer | None = N
     tensors = load_file(str(folder / "checkpoint.safetensors"))
     record = json.loads((folder / "checkpoint.json").read_text())
     stored = {k.split("/", 1)[0] for k in tensors}
-    decay = None if isinstance(use_ema, bool) else use_ema
-    if decay is not None and not any(f"ema_{ema_name(name, decay)}" in stored for name in modules):
-        kept = sorted(k.partition("@")[2] for k in stored if "@" in k) or ["none"]
-        raise ValueError(f"{folder} keeps no EMA with decay {decay:g} (kept: {', '.join(kept)}); "
-                         "train with --extra-ema to keep one.")
     for name, module in modules.items():
-        choices = ([f"ema_{ema_name(name, decay)}"] if decay else []) + ([f"ema_{name}"] if use_ema else []) + [name]
-        prefix = next(choice for choice in choices if choice in stored or choice == name) + "/"
+        prefix = (f"ema_{name}" if use_ema and f"ema_{name}" in stored else name) + "/"
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     for name, ema in (emas or {}).items():
-        prefix = f"ema_{name}/" if f"ema_{name}" in stored else f"ema_{ema_module(name)}/"
+        prefix = f"ema_{name}/"
         device = next(iter(ema.shadow.values())).device
-        # a copy each: two EMAs started from one stored EMA must not share (and doubly update) its tensors
         ema.shadow = {k[len(prefix):]: v.to(device, torch.float32, copy=True) for k, v in tensors.items() if k.startswith(prefix)}
     if opt is not None and "optimizer" in record:
         state: dict = {}

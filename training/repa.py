@@ -1,4 +1,4 @@
-"""Representation alignment (REPA) for the tiny MM-DiT, with the shipped UNet as the frozen encoder.
+"""Representation alignment (REPA) for the tiny MM-DiT, with the ShapesWorld UNet as the frozen encoder.
 
 A small transformer learns image structure slowly: without convolutions, every token must learn
 from attention alone where its object's edges are. REPA (Yu et al., 2024, "Representation
@@ -7,11 +7,9 @@ through a small MLP, towards a pretrained encoder's features of the *clean* imag
 encoder is the ShapesWorld UNet (ours, trained on the same scenes): the output of its last
 up-path cross-attention block at the transformer's token-grid resolution, with the scene's caption,
 at a light noise level. The MLP is trained with the transformer and dropped at export, so the
-exported pipeline is a stock SD3 folder. ``--repa-grid 16`` adds (or, alone, uses) the UNet's
-16×16 block as a target on an 8×8 token grid: each token's MLP then predicts the four teacher
-cells under it (:func:`per_token`), detail finer than a token that its own target averages away.
+exported pipeline is a stock SD3 folder.
 
-    python -m training.train_mmdit --vae src/attnscope/weights/shapes-unet --out runs/mmdit6 --repa 0.5
+    python -m training.train_mmdit --out runs/mmdit --repa 0.5 --repa-block 2   # the defaults
 
 Example:
     >>> targets = teacher_features(WEIGHTS / "shapes-unet", latents, captions, tokenizer, grid=8)  # doctest: +SKIP
@@ -21,14 +19,15 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from attnscope.files import save_tensors
+
 from . import architectures as arch
+from .errors import TrainingError
 
 #: the UNet sees each clean scene noised to this training timestep (of 1000) when its features are read
 FEATURE_TIMESTEP = 100
@@ -50,8 +49,8 @@ def _feature_module(unet, grid: int):
             handle.remove()
     matching = [key for key, width in shapes.items() if width == grid]
     if not matching:
-        raise ValueError(f"The UNet has no up-path attention block at {grid}×{grid} (it has {sorted(set(shapes.values()))}); "
-                         "choose a --patch whose token grid matches one, and --repa-grid values among those sizes.")
+        raise TrainingError(f"The UNet has no up-path attention block at {grid}×{grid} (it has {sorted(set(shapes.values()))}); "
+                            "pass --repa-from a ShapesWorld UNet folder such as the shipped shapes-unet.")
     i, j = max(matching)
     return unet.up_blocks[i].attentions[j]
 
@@ -86,17 +85,15 @@ def teacher_features(teacher: Path, latents: torch.Tensor, captions: list, token
 
 
 def cached_teacher_features(folder: Path, teacher: Path, latents, captions, tokenizer, grid: int, seed: int,
-                            device="cpu", token_grid: int | None = None) -> torch.Tensor:
-    """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``;
-    ``repa-G.safetensors`` for a ``grid`` G other than ``token_grid``, a finer target).
+                            device="cpu") -> torch.Tensor:
+    """:func:`teacher_features`, computed once and cached in ``folder/repa.safetensors`` (+ ``repa.json``).
 
     ``latents`` are the scenes in the teacher's latent space, or a function that makes them (called
     only when the cache is missing: a run whose VAE differs from the teacher's encodes them anew).
     """
     from safetensors.torch import load_file
 
-    stem = "repa" if token_grid in (None, grid) else f"repa-{grid}"
-    path, meta_path = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    path, meta_path = folder / "repa.safetensors", folder / "repa.json"
     meta = {"teacher": str(teacher), "grid": grid, "scenes": len(captions), "seed": seed, "timestep": FEATURE_TIMESTEP}
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return load_file(str(path))["features"]
@@ -106,27 +103,6 @@ def cached_teacher_features(folder: Path, teacher: Path, latents, captions, toke
     save_tensors({"features": features.contiguous()}, path)
     meta_path.write_text(json.dumps(meta))
     return features
-
-
-def per_token(features: torch.Tensor, token_grid: int) -> torch.Tensor:
-    """Teacher features on a grid finer than the tokens, grouped by the token that covers them.
-
-    ``(n, grid², c)`` in raster order becomes ``(n, token_grid², (grid / token_grid)², c)``: each
-    token is aligned with every teacher cell under it (its sub-token detail). At the token grid
-    itself the features come back as they are.
-
-        per_token(torch.randn(5, 16 * 16, 48), 8).shape   # (5, 64, 4, 48)
-    """
-    n, cells, channels = features.shape
-    grid = math.isqrt(cells)
-    if grid * grid != cells or grid % token_grid:
-        raise ValueError(f"teacher features on {cells} cells do not cover a {token_grid}×{token_grid} token grid evenly; "
-                         "pass --repa-grid multiples of the token grid.")
-    if grid == token_grid:
-        return features
-    k = grid // token_grid
-    cells = features.reshape(n, token_grid, k, token_grid, k, channels).permute(0, 1, 3, 2, 4, 5)
-    return cells.reshape(n, token_grid * token_grid, k * k, channels)
 
 
 def projector(width: int, target_width: int) -> torch.nn.Module:
@@ -147,7 +123,7 @@ class BlockTap:
     def __init__(self, transformer, index: int):
         blocks = transformer.transformer_blocks
         if not 0 <= index < len(blocks):
-            raise ValueError(f"--repa-block {index} is not a block of this transformer (0–{len(blocks) - 1}).")
+            raise TrainingError(f"--repa-block {index} is not a block of this transformer; pass 0 to {len(blocks) - 1}.")
         self.block, self.hidden, self.handle = blocks[index], None, None
 
     def _keep(self, module, args, output):
@@ -163,10 +139,6 @@ class BlockTap:
 
 
 def alignment_loss(hidden: torch.Tensor, target: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    """REPA's loss: 1 − mean cosine similarity between projected tokens and the teacher's features.
-
-    ``target`` is ``(batch, tokens, channels)``, or ``(batch, tokens, cells, channels)`` for the
-    finer grids of :func:`per_token`; the head then predicts every cell of a token at once.
-    """
-    predicted = head(hidden).reshape(target.shape)
-    return 1 - F.cosine_similarity(predicted, target.to(hidden.dtype), dim=-1).mean()
+    """REPA's loss: 1 − mean cosine similarity between the projected tokens ``head(hidden)`` and the
+    teacher's features ``target`` ``(batch, tokens, channels)``."""
+    return 1 - F.cosine_similarity(head(hidden), target.to(hidden.dtype), dim=-1).mean()

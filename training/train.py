@@ -1,19 +1,21 @@
-"""Train the tiny ShapesWorld models on a CPU: seeded, resumable, time-boxed.
+"""Train the ShapesWorld VAE and UNet on a CPU: seeded, resumable, optionally time-boxed.
 
-    python -m training.train vae  --out runs/vae  --minutes 8
-    python -m training.train unet --vae runs/vae --out runs/unet --minutes 60
-    python -m training.train unet --vae runs/vae --out runs/unet --minutes 30   # resumes
+    python -m training.train vae  --out runs/vae
+    python -m training.train unet --vae runs/vae --out runs/unet
+    python -m training.train unet --vae runs/vae --out runs/unet --minutes 60   # stops after an hour; run again to resume
 
-Each call continues from ``OUT/checkpoint.*`` if present and stops after ``--minutes`` (or
-``--steps`` in total), writing a checkpoint every ``--every`` steps and at the end. Batches are a
-pure function of (seed, step), so a resumed run sees the same data as an uninterrupted one.
+The defaults are the shipped recipe's (``training/recipes/shapes-unet.json``; the VAE's recipe
+then lowers ``--lr`` to 4e-4 for its last steps). Each call continues from ``OUT/checkpoint.*`` if
+present and trains until ``--steps`` in total, or until ``--minutes`` of this call have passed,
+writing a checkpoint every ``--every`` steps and at the end. Batches are a pure function of
+(seed, step), so a resumed run sees the same data as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
@@ -22,24 +24,24 @@ import torch
 import torch.nn.functional as F
 
 from attnscope.datasets.shapes import make_scene, scene_tensor
-from . import architectures as arch
-from .checkpoint import EMA, ema_module, load_checkpoint, save_checkpoint
 
+from . import architectures as arch
+from .checkpoint import EMA, load_checkpoint, save_checkpoint
+from .errors import ArgumentParser, TrainingError
 
 LOG_EVERY = 25  # steps between logged losses
 BANK_CHUNK = 64  # scenes drawn and encoded together when a latent bank is built (chunk i is scene_batch step i)
 BANK_STREAM = 1_000_000  # a bank of seed s draws its scenes from the stream of seed s + BANK_STREAM
+LATENT_STAT_SCENES = 256  # scenes whose latents set the VAE's scaling factor
+#: the shipped recipe's settings per model, for the flags left unset
+DEFAULTS = {"vae": {"steps": 1562, "batch": 16, "lr": 1e-3, "every": 100},
+            "unet": {"steps": 7453, "batch": 32, "lr": 6e-4, "every": 200}}
 
 
 def training_scenes(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE) -> list:
     """The ``batch`` scenes (with their exact masks) of training step ``step``."""
     rng = np.random.default_rng([seed, step])
     return [make_scene(rng, size=size) for _ in range(batch)]
-
-
-def bank_scenes(seed: int, start: int, count: int, chunk: int = BANK_CHUNK) -> list:
-    """Scenes ``start .. start + count`` of the latent bank of ``seed`` (``start`` a multiple of ``chunk``)."""
-    return training_scenes(seed + BANK_STREAM, start // chunk, count)
 
 
 def scene_batch(seed: int, step: int, batch: int, size: int = arch.IMAGE_SIZE):
@@ -52,45 +54,17 @@ def lr_at(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / warmup)
 
 
-def warm_start_vae(vae, source) -> list[str]:
-    """Copy ``source``'s weights into ``vae`` resolution by resolution; returns the names left as initialised.
-
-    A VAE with more levels shares its full-resolution layers with a shallower one: encoder blocks
-    keep their index (each level halves the size), decoder blocks are counted from the image end.
-    The layers at the new latent (bottleneck convolutions, the added levels) start fresh.
-    """
-    extra = len(vae.config.block_out_channels) - len(source.config.block_out_channels)
-    if extra < 0:
-        raise ValueError("--init-from must be a VAE with at most as many --levels as the new one.")
-    prefix = "decoder.up_blocks."
-    renamed = {}
-    for key, value in source.state_dict().items():
-        if key.startswith(prefix):
-            index, rest = key[len(prefix):].split(".", 1)
-            key = f"{prefix}{int(index) + extra}.{rest}"
-        renamed[key] = value
-    target = vae.state_dict()
-    matched = {k: v for k, v in renamed.items() if k in target and target[k].shape == v.shape}
-    vae.load_state_dict(matched, strict=False)
-    return sorted(set(target) - set(matched))
+def time_left(start: float, minutes: float | None) -> bool:
+    """Whether a call started at ``start`` may take another step under ``--minutes`` (None: no limit)."""
+    return minutes is None or time.time() - start < minutes * 60
 
 
 def train_vae(args) -> None:
-    design = {"levels": args.levels, "latent_channels": args.latent_channels}
-    saved = vae_design(args.out)
-    if saved and saved != design:
-        raise SystemExit(f"{args.out} holds a VAE with --levels {saved['levels']} --latent-channels "
-                         f"{saved['latent_channels']}; pass those to resume it, or choose another --out.")
-    vae = arch.shapes_vae(**design)
-    if args.init_from is not None and not saved:
-        fresh = warm_start_vae(vae, load_vae(args.init_from))
-        print(f"warm start from {args.init_from}: {len(vae.state_dict()) - len(fresh)} tensors copied, {len(fresh)} fresh", flush=True)
+    vae = arch.shapes_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
-    state = load_checkpoint(args.out, {"vae": vae}, opt) or {"step": 0, "seconds": 0.0, "log": [], "design": design}
-    if args.init_from is not None:
-        state.setdefault("init_from", str(args.init_from))
+    state = load_checkpoint(args.out, {"vae": vae}, opt) or {"step": 0, "seconds": 0.0, "log": []}
     start, step = time.time(), state["step"]
-    while step < args.steps and time.time() - start < args.minutes * 60:
+    while step < args.steps and time_left(start, args.minutes):
         images, _ = scene_batch(args.seed, step, args.batch)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, 100)
@@ -107,8 +81,8 @@ def train_vae(args) -> None:
         if step % args.every == 0:
             _save(args.out, {"vae": vae}, opt, state, step, start)
     with torch.no_grad():
-        images, _ = scene_batch(args.seed + 1, 0, 256)
-        latents = torch.cat([vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, 256, 64)])
+        images, _ = scene_batch(args.seed + 1, 0, LATENT_STAT_SCENES)
+        latents = torch.cat([vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
         state["latent_std"] = float(latents.std())
         state["latent_mean"] = float(latents.mean())
     _save(args.out, {"vae": vae}, opt, state, step, start)
@@ -121,18 +95,6 @@ def _save(out, modules, opt, state, step, start, emas=None) -> None:
     save_checkpoint(out, modules, opt, {k: v for k, v in state.items() if k != "_counted"}, emas)
 
 
-def vae_design(folder) -> dict:
-    """The ``levels`` and ``latent_channels`` a VAE run folder was started with ({} if there is none).
-
-    Runs from before these flags existed have no record and were built with the defaults.
-    """
-    path = Path(folder) / "checkpoint.json"
-    if not path.is_file():
-        return {}
-    default = {"levels": arch.VAE_LEVELS, "latent_channels": arch.LATENT_CHANNELS}
-    return json.loads(path.read_text()).get("design", default)
-
-
 def load_vae(folder):
     """The VAE of a training run folder, or of an exported pipeline folder (``folder/vae``)."""
     folder = Path(folder)
@@ -140,10 +102,11 @@ def load_vae(folder):
         from diffusers import AutoencoderKL
 
         return AutoencoderKL.from_pretrained(folder / "vae", dtype=torch.float32).eval().requires_grad_(False)
-    vae = arch.shapes_vae(**vae_design(folder))
+    vae = arch.shapes_vae()
     state = load_checkpoint(folder, {"vae": vae})
     if state is None:
-        raise FileNotFoundError(f"No VAE checkpoint in {folder}; train one with `python -m training.train vae`.")
+        raise TrainingError(f"No VAE in {folder}; pass a VAE run folder (python -m training.train vae --out FOLDER) "
+                            "or an exported model folder.")
     vae.register_to_config(scaling_factor=1.0 / state["latent_std"])
     return vae.eval().requires_grad_(False)
 
@@ -151,25 +114,22 @@ def load_vae(folder):
 def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = BANK_CHUNK):
     """Latents and captions of ``size`` training scenes, encoded once and cached in ``folder``.
 
-    Encoding with the VAE costs more than a UNet step, so the UNet trains on a fixed bank of
-    pre-encoded scenes (built deterministically from ``seed``) instead of encoding every batch.
+    Encoding with the VAE costs more than a denoiser step, so the denoisers train on a fixed bank
+    of pre-encoded scenes (built deterministically from ``seed``) instead of encoding every batch.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from attnscope.files import save_tensors
 
     path, captions_path = folder / "bank.safetensors", folder / "bank.json"
     if path.is_file() and captions_path.is_file():
         captions = json.loads(captions_path.read_text())
         if len(captions) == size:
-            latents = load_file(str(path))["latents"].float()
-            channels, side = arch.latent_shape(vae)
-            if tuple(latents.shape[1:]) != (channels, side, side):
-                raise SystemExit(f"The bank in {folder} holds {tuple(latents.shape[1:])} latents, not this VAE's "
-                                 f"{(channels, side, side)}; pass a --bank-from folder made with this VAE, or none.")
-            return latents, captions
+            return load_file(str(path))["latents"].float(), captions
     latents, captions = [], []
     with torch.no_grad():
         for start in range(0, size, chunk):
-            scenes = bank_scenes(seed, start, min(chunk, size - start), chunk)
+            scenes = training_scenes(seed + BANK_STREAM, start // chunk, min(chunk, size - start))
             images, caps = scene_tensor(scenes).to(vae.device), [s.caption for s in scenes]
             latents.append((vae.encode(images).latent_dist.mean * vae.config.scaling_factor).cpu())
             captions += caps
@@ -177,14 +137,14 @@ def latent_bank(vae, folder: Path, seed: int, size: int, chunk: int = BANK_CHUNK
                 print(f"bank {start + len(caps)}/{size}", flush=True)
     latents = torch.cat(latents).contiguous()
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": latents.half()}, str(path))
+    save_tensors({"latents": latents.half()}, path)
     captions_path.write_text(json.dumps(captions))
     return latents.half().float(), captions
 
 
 def same_vae(a, b) -> bool:
-    """Whether two VAEs have the same configuration and weights (so they make the same latents)."""
-    if arch.latent_shape(a) != arch.latent_shape(b) or a.config.scaling_factor != b.config.scaling_factor:
+    """Whether two VAEs have the same scaling and weights (so they make the same latents)."""
+    if a.config.scaling_factor != b.config.scaling_factor:
         return False
     other = b.state_dict()
     return all(torch.equal(value, other[key].to(value)) for key, value in a.state_dict().items())
@@ -197,8 +157,8 @@ def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, ar
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     step += 1
-    for name, ema in emas.items():  # "transformer@0.9995": a second EMA of the transformer
-        ema.update(modules[ema_module(name)], step)
+    for name, ema in emas.items():
+        ema.update(modules[name], step)
     if step % LOG_EVERY == 0:
         state["log"].append([step, round(loss.item(), 5)])
         print(f"{tag} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
@@ -237,22 +197,12 @@ def train_unet(args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     emas = {"unet": EMA(unet, args.ema), "text_encoder": EMA(text_encoder, args.ema)}
     modules = {"unet": unet, "text_encoder": text_encoder}
-    state = load_checkpoint(args.out, modules, opt, emas)
-    if state is None and args.init_from is not None:
-        # continue from an exported pipeline (EMA weights); the optimizer starts afresh
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init_from / "unet", dtype=torch.float32).state_dict())
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(args.init_from / "text_encoder", dtype=torch.float32).state_dict())
-        emas = {"unet": EMA(unet, args.ema), "text_encoder": EMA(text_encoder, args.ema)}
-        done = json.loads((args.init_from / "attnscope_defaults.json").read_text()).get("trained_steps", 0)
-        state = {"step": done, "seconds": 0.0, "log": [], "init_from": str(args.init_from)}
-    state = state or {"step": 0, "seconds": 0.0, "log": [], "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    state = load_checkpoint(args.out, modules, opt, emas) or {"step": 0, "seconds": 0.0, "log": [], "config": config}
     bank, bank_captions = latent_bank(vae, Path(args.out), args.seed, args.bank)
     start, step = time.time(), state["step"]
     empty = arch.token_ids(tokenizer, [""])
-    while step < args.steps and time.time() - start < args.minutes * 60:
+    while step < args.steps and time_left(start, args.minutes):
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         index = torch.randint(0, len(bank_captions), (args.batch,), generator=gen)
         latents, captions = bank[index], [bank_captions[i] for i in index.tolist()]
@@ -271,39 +221,49 @@ def train_unet(args) -> None:
     _save(args.out, modules, opt, state, step, start, emas)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    """The arguments of ``python -m training.train``; raises :class:`TrainingError` on a usage error."""
+    parser = ArgumentParser(prog="python -m training.train", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=["vae", "unet"])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--vae", type=Path, help="VAE run folder (for unet)")
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--out", required=True, type=Path, help="run folder (resumed if it holds a checkpoint)")
+    parser.add_argument("--vae", type=Path, help="VAE run folder or exported model folder (unet only)")
+    parser.add_argument("--minutes", type=float, help="stop this call after this many minutes (default: no limit)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps of the run (vae: 1562, unet: 7453)")
+    parser.add_argument("--batch", type=int, help="batch size (vae: 16, unet: 32)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (vae: 1e-3, unet: 6e-4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--every", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--kl", type=float, default=1e-6)
-    parser.add_argument("--levels", type=int, default=arch.VAE_LEVELS,
-                        help="VAE resolutions: 2 ** (levels - 1) down-sampling (3: 16×16 latents, as shipped; 4: 8×8)")
-    parser.add_argument("--latent-channels", type=int, default=arch.LATENT_CHANNELS, help="VAE latent channels")
-    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--every", type=int, help="steps between checkpoints (vae: 100, unet: 200)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--kl", type=float, default=1e-6, help="KL weight of the VAE loss")
+    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the UNet and text encoder")
     parser.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
-    parser.add_argument("--snr-gamma", type=float, default=5.0)
-    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--snr-gamma", type=float, default=5.0, help="γ of the min-SNR loss weights")
+    parser.add_argument("--warmup", type=int, default=200, help="learning-rate warmup steps of the UNet")
     parser.add_argument("--bank", type=int, default=24_000, help="pre-encoded training scenes (unet)")
-    parser.add_argument("--init-from", type=Path, help="exported pipeline folder to continue from (unet), or a VAE "
-                        "whose full-resolution layers start a VAE with more --levels (vae)")
     args = parser.parse_args(argv)
+    for name, value in DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.model == "unet" and args.vae is None:
+        parser.error("unet training needs --vae, a VAE run folder or an exported model folder")
+    return args
+
+
+def run(args) -> None:
     torch.set_num_threads(args.threads)
     if args.model == "vae":
-        args.batch, args.lr = args.batch or 16, args.lr or 1e-3
         train_vae(args)
     else:
-        if args.vae is None:
-            parser.error("unet training needs --vae RUN_FOLDER")
-        args.batch, args.lr = args.batch or 64, args.lr or 8e-4
         train_unet(args)
+
+
+def main(argv=None) -> None:
+    try:
+        run(parse_args(argv))
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

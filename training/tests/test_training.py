@@ -1,9 +1,13 @@
 """Training state: checkpoints round-trip without pickle, and a resumed run equals an uninterrupted one."""
 
+import pytest
 import torch
 
+from attnscope.pipelines import WEIGHTS
 from training.checkpoint import EMA, load_checkpoint, save_checkpoint
+from training.errors import TrainingError
 from training.train import main as train_main
+from training.train import parse_args
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -31,8 +35,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
     common = ["--batch", "2", "--threads", "1", "--every", "1000", "--bank", "8"]
-    train_main(["vae", "--out", str(tmp_path / "vae"), "--steps", "1"] + common)
-    unet = ["unet", "--vae", str(tmp_path / "vae")] + common
+    unet = ["unet", "--vae", str(WEIGHTS / "shapes-unet")] + common  # an exported folder's VAE
     train_main(unet + ["--out", str(tmp_path / "a"), "--steps", "2"])
     train_main(unet + ["--out", str(tmp_path / "a"), "--steps", "3"])  # resumes at step 2
     train_main(unet + ["--out", str(tmp_path / "b"), "--steps", "3"])
@@ -61,34 +64,17 @@ def test_ema_update_is_the_exponential_average_for_every_tensor():
         torch.testing.assert_close(ema.shadow[key], expected.to(ema.shadow[key].dtype))
 
 
-def test_extra_ema_round_trips_loads_by_decay_and_starts_from_the_main_ema_on_resume(tmp_path):
-    import pytest
+def test_defaults_are_the_shipped_recipe_and_usage_errors_raise():
+    vae, unet = parse_args(["vae", "--out", "v"]), parse_args(["unet", "--vae", "v", "--out", "u"])
+    assert (vae.steps, vae.batch, vae.lr, vae.minutes) == (1562, 16, 1e-3, None)
+    assert (unet.steps, unet.batch, unet.lr, unet.ema) == (7453, 32, 6e-4, 0.999)
+    with pytest.raises(TrainingError, match="--vae"):
+        parse_args(["unet", "--out", "u"])
 
-    from training.checkpoint import ema_name
 
-    torch.manual_seed(0)
-    net = torch.nn.Linear(3, 2)
-    main, slow = EMA(net, 0.5), EMA(net, 0.99)
-    with torch.no_grad():
-        net.weight.add_(1.0)
-    main.update(net, 10_000)
-    slow.update(net, 10_000)
-    save_checkpoint(tmp_path / "one", {"net": net}, None, {"step": 1}, {"net": main})
-    with pytest.raises(ValueError, match="--extra-ema"):
-        load_checkpoint(tmp_path / "one", {"net": torch.nn.Linear(3, 2)}, use_ema=0.99)
-    other = torch.nn.Linear(3, 2)
-    emas = {"net": EMA(other, 0.5), ema_name("net", 0.99): EMA(other, 0.99)}  # the second is added on resume
-    load_checkpoint(tmp_path / "one", {"net": other}, emas=emas)
-    assert all(torch.equal(emas[ema_name("net", 0.99)].shadow[k], v) for k, v in main.shadow.items())  # from the main EMA
-    reloaded = {k: v.clone() for k, v in emas["net"].shadow.items()}
-    with torch.no_grad():
-        other.weight.add_(1.0)
-    emas[ema_name("net", 0.99)].update(other, 10_000)
-    assert all(torch.equal(emas["net"].shadow[k], v) for k, v in reloaded.items())  # they share no tensor
-
-    save_checkpoint(tmp_path / "two", {"net": net}, None, {"step": 1}, {"net": main, ema_name("net", 0.99): slow})
-    for use_ema, expected in [(False, net.state_dict()), (True, main.shadow), (0.99, slow.shadow)]:
-        loaded = torch.nn.Linear(3, 2)
-        load_checkpoint(tmp_path / "two", {"net": loaded}, use_ema=use_ema)
-        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items()), use_ema
-    assert not torch.equal(main.shadow["weight"], slow.shadow["weight"])  # the three differ, so the loop can fail
+def test_main_reports_a_missing_vae_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["unet", "--vae", str(tmp_path / "none"), "--out", str(tmp_path / "u"), "--threads", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: No VAE in") and "\n" not in err
