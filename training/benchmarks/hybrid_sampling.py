@@ -2,13 +2,14 @@
 MM-DiT below it (and the other way round), and score every mix with the quality gate.
 
 Both shipped models share one VAE, so one Euler flow sampler can ask either for the velocity at
-any step: the MM-DiT directly, the UNet through its ε̂ read as a flow velocity (``distill.py``;
-above its last training timestep, σ ≳ 0.94, through its ``x̂_0`` at that timestep). Each model keeps
+any step: the MM-DiT directly, the UNet through its ε̂ read as a flow velocity (a flow sample
+``x_σ`` scaled by ``1 / sqrt((1 − σ)² + σ²)`` is a DDPM sample at the fractional timestep of the same
+signal share; above the UNet's last training timestep, σ ≳ 0.94, through its ``x̂_0`` at that timestep). Each model keeps
 its own guidance scale. If UNet-then-MM-DiT passes far more often than MM-DiT-then-UNet, the
 MM-DiT fails at laying out the scene (high σ); the other way round, at drawing it (low σ).
 
-    python benchmarks/hybrid_sampling.py --n 60
-    python benchmarks/hybrid_sampling.py --guidance-schedules 7:7:0 10:4:0.4   # MM-DiT alone, guidance HIGH above σ_s, LOW below
+    python -m training.benchmarks.hybrid_sampling --n 60
+    python -m training.benchmarks.hybrid_sampling --guidance-schedules 7:7:0 10:4:0.4   # MM-DiT alone, guidance HIGH above σ_s, LOW below
 
 Prints a Markdown table of the gate for each switch level and order (or each guidance schedule).
 """
@@ -16,37 +17,57 @@ Prints a Markdown table of the gate for each switch level and order (or each gui
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from training.errors import TrainingError
+
+
+def ddpm_timestep(alphas_cumprod: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fractional DDPM timesteps whose ``ᾱ`` equals the signal share of flow level ``σ``, and whether
+    each is in the schedule (not noisier than its last timestep); interpolated on ``log ᾱ``."""
+    sigma = sigma.double()
+    alpha_bar = (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma ** 2)
+    grid = -torch.log(alphas_cumprod.double())  # rises with the timestep
+    level = -torch.log(alpha_bar.clamp_min(torch.finfo(torch.float64).tiny))
+    valid = level <= grid[-1]
+    level = level.clamp(grid[0], grid[-1])
+    upper = torch.searchsorted(grid, level).clamp(1, len(grid) - 1)
+    lower = upper - 1
+    return (lower + (level - grid[lower]) / (grid[upper] - grid[lower])).float(), valid
 
 
 class UNetVelocity:
     """The UNet's classifier-free-guided velocity at flow level σ (any σ in (0, 1])."""
 
     def __init__(self, folder, tokenizer, guidance: float):
-        from training.distill import FlowTeacher
+        from diffusers import DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel
 
-        self.teacher, self.tokenizer, self.guidance = FlowTeacher(folder, tokenizer, window=(0.0, 1.0)), tokenizer, guidance
+        folder = Path(folder)
+        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32).eval()
+        self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32).eval()
+        self.alphas_cumprod = DDIMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod
+        self.tokenizer, self.guidance = tokenizer, guidance
 
     def prepare(self, captions):
         from training import architectures as arch
 
         ids = arch.token_ids(self.tokenizer, captions + [""] * len(captions))
         with torch.no_grad():
-            self.context = self.teacher.text_encoder(ids)[0]
+            self.context = self.text_encoder(ids)[0]
 
     @torch.no_grad()
     def __call__(self, x, sigma: float):
-        from training.distill import ddpm_timestep
-
-        alphas = self.teacher.alphas_cumprod
-        level = torch.tensor([sigma])
-        timestep, valid = ddpm_timestep(alphas, level)
+        alphas = self.alphas_cumprod
+        timestep, valid = ddpm_timestep(alphas, torch.tensor([sigma]))
         alpha_bar = (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma ** 2) if valid else float(alphas[-1])
         scaled = x / ((1 - sigma) ** 2 + sigma ** 2) ** 0.5
         both = torch.cat([scaled, scaled])
-        eps = self.teacher.unet(both, timestep.expand(len(both)), encoder_hidden_states=self.context).sample
+        eps = self.unet(both, timestep.expand(len(both)), encoder_hidden_states=self.context).sample
         cond, uncond = eps.chunk(2)
         eps = uncond + self.guidance * (cond - uncond)
         x0 = (scaled - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar ** 0.5
@@ -85,7 +106,7 @@ def sample(models: dict, order: str, switch: float, noise, steps: int):
     return x
 
 
-def main(argv=None) -> None:
+def run(argv=None) -> None:
     from diffusers import DiffusionPipeline
 
     from attnscope.datasets.detect import detect, matches_caption
@@ -106,7 +127,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     pipe = DiffusionPipeline.from_pretrained(args.mmdit, text_encoder_3=None, tokenizer_3=None)
     if pipe.vae.config.shift_factor not in (None, 0.0):
-        raise SystemExit("This check assumes the MM-DiT's VAE has no shift factor, like the shipped one.")
+        raise TrainingError("This check assumes the MM-DiT's VAE has no shift factor, like the shipped one; pass such an --mmdit.")
     scenes = make_scenes(0, args.n, split="test", size=64)
     noise = torch.randn((args.n, 4, 16, 16), generator=torch.Generator().manual_seed(0))
     if schedules:
@@ -145,8 +166,16 @@ def _parse_schedule(text: str) -> tuple:
     try:
         high, low, switch = (float(part) for part in text.split(":"))
     except ValueError:
-        raise SystemExit(f"--guidance-schedules takes HIGH:LOW:SWITCH, e.g. 10:4:0.4 (got {text!r}).") from None
+        raise TrainingError(f"--guidance-schedules takes HIGH:LOW:SWITCH, e.g. 10:4:0.4 (got {text!r}).") from None
     return high, low, switch
+
+
+def main(argv=None) -> None:
+    try:
+        run(argv)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """Cost of the MM-DiT training step eager and under ``torch.compile`` (``train_mmdit --compile``),
 side by side in one process.
 
-Two copies of the same transformer (the shipped design, or ``--dual-attention``/``--qk-norm``
-variants), each with its own AdamW, take the same batches: forward under the zero-token mode with
+Two copies of the shipped design's transformer, each with its own AdamW, take the same batches: forward under the zero-token mode with
 the REPA tap, flow loss plus the REPA loss, backward, AdamW. The arms alternate, so machine noise
 falls on both. Reports seconds per step after warm-up, their ratio, the time the first compiled
 step took (compiling), and how far the two copies' losses drift apart (numerics only: same
 weights, same batches).
 
-    python benchmarks/mmdit_compile.py --steps 30 --out benchmarks/results/mmdit_compile.md
-    python benchmarks/mmdit_compile.py --device cuda --mode reduce-overhead      # CUDA graphs on a GPU
+    python -m training.benchmarks.mmdit_compile --steps 30 --out training/benchmarks/results/mmdit_compile.md
+    python -m training.benchmarks.mmdit_compile --device cuda --mode reduce-overhead      # CUDA graphs on a GPU
 """
 
 from __future__ import annotations
@@ -33,11 +32,11 @@ REPA_CHANNELS = 96  # the shipped UNet's 8×8 up-path features
 class Arm:
     """One transformer, its REPA head and its optimizer; ``step`` trains on one batch and returns (loss, seconds)."""
 
-    def __init__(self, transformer, head, mode, device, image_tokens: int):
+    def __init__(self, transformer, head, mode, device):
         self.transformer, self.head, self.device = transformer, head, device
         self.forward = compiled(transformer, mode)
         self.opt = torch.optim.AdamW(list(transformer.parameters()) + list(head.parameters()), lr=1e-3)
-        self.bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS, image_tokens=image_tokens)
+        self.bias = ZeroTokenBias(arch.SD3_ZERO_TOKENS)
 
     def step(self, batch):
         latent, noise, context, pooled, sigma, features = batch
@@ -64,8 +63,6 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per arm (after 3 warm-up steps each)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
-    parser.add_argument("--dual-attention", type=int, default=0)
-    parser.add_argument("--qk-norm", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
@@ -73,12 +70,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    transformer = arch.shapes_sd3_transformer(dual_attention=args.dual_attention, qk_norm=args.qk_norm)
+    transformer = arch.shapes_sd3_transformer()
     adaln_zero(transformer)
     head = repa.projector(transformer.inner_dim, REPA_CHANNELS)
     tokens = (transformer.config.sample_size // transformer.config.patch_size) ** 2
-    eager = Arm(transformer.to(device), head.to(device), None, device, tokens)
-    fast = Arm(copy.deepcopy(transformer), copy.deepcopy(head), args.mode, device, tokens)
+    eager = Arm(transformer.to(device), head.to(device), None, device)
+    fast = Arm(copy.deepcopy(transformer), copy.deepcopy(head), args.mode, device)
     seconds, drift, first = {"eager": 0.0, "compiled": 0.0}, 0.0, None
     for i in range(args.steps + 3):
         gen = torch.Generator().manual_seed(i)
@@ -96,9 +93,8 @@ def main(argv=None) -> None:
         if i >= 3:
             seconds["eager"] += took_eager / args.steps
             seconds["compiled"] += took_fast / args.steps
-    design = f"dual attention {args.dual_attention}, qk-norm {args.qk_norm}"
     table = "\n".join([
-        f"MM-DiT training step ({design}), batch {args.batch}, {args.device}, {args.threads} threads, "
+        f"MM-DiT training step (shipped design), batch {args.batch}, {args.device}, {args.threads} threads, "
         f"{args.steps} steps per arm, torch.compile mode {args.mode!r}",
         "",
         "| arm | s/step | ratio |",

@@ -9,7 +9,7 @@ noise and the same σ for the i-th scene of every set, through the stock pipelin
 - ``fresh``: new training-split scenes (the bank's generator, past its end);
 - ``test``: test-split scenes (held-out captions, as the quality gate draws them).
 
-    python benchmarks/mmdit_generalization.py src/attnscope/weights/shapes-mmdit --bank-from runs/mmdit7 --n 512
+    python -m training.benchmarks.mmdit_generalization src/attnscope/weights/shapes-mmdit --bank-from runs/shapes-mmdit/mmdit --n 512
 
 Prints a Markdown table of the flow loss ``‖v̂ − (ε − x₀)‖²`` per set and σ band.
 """
@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-SIGMAS = (0.2, 0.4, 0.6, 0.8)  # the bands of docs/models.md's hybrid-sampling table
+from training.errors import TrainingError
+
+SIGMAS = (0.2, 0.4, 0.6, 0.8)  # the bands of the hybrid-sampling benchmark's table
 
 
 def set_latents(vae, bank_folder: Path, n: int, seed: int) -> dict:
@@ -35,7 +38,7 @@ def set_latents(vae, bank_folder: Path, n: int, seed: int) -> dict:
     bank = load_file(str(bank_folder / "bank.safetensors"))["latents"].float()
     captions = json.loads((bank_folder / "bank.json").read_text())
     if n > len(captions):
-        raise SystemExit(f"--n {n} is larger than the bank in {bank_folder} ({len(captions)} scenes).")
+        raise TrainingError(f"--n {n} is larger than the bank in {bank_folder} ({len(captions)} scenes); pass a smaller --n.")
 
     def encode(images):
         with torch.no_grad():  # rounded through float16 as the bank is stored
@@ -68,10 +71,10 @@ def flow_losses(pipe, latents, captions, noise, chunk: int = 64) -> dict:
     return {sigma: total / len(captions) for sigma, total in totals.items()}
 
 
-def main(argv=None) -> None:
+def run(argv=None) -> None:
     from diffusers import DiffusionPipeline
 
-    from attnscope.cli import absent_components
+    from attnscope.pipelines import absent_components
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="SD3 pipeline folders (exported MM-DiTs)")
@@ -97,6 +100,14 @@ def main(argv=None) -> None:
             mean = sum(losses.values()) / len(SIGMAS)
             cells = " | ".join(f"{losses[s]:.4f}" for s in SIGMAS)
             print(f"| {folder} | {name} | {cells} | {mean:.4f} | {100 * (mean / bank_mean - 1):+.1f} % |")
+
+
+def main(argv=None) -> None:
+    try:
+        run(argv)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

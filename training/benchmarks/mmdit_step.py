@@ -1,12 +1,12 @@
-"""Cost of one MM-DiT training step with the text side encoded per step (before) or read from
-features computed once (``train_mmdit.caption_features``, now), side by side in one process.
+"""Cost of one MM-DiT training step with the text side encoded per step, or read from features
+computed once (``train_mmdit.caption_features``, as training does), side by side in one process.
 
 Both arms run the shipped design's transformer forward, backward and AdamW step on the same
 latents, σ and captions; they differ only in how the step gets its text features. The arms
 alternate, so machine noise falls on both. A real step also updates the EMA and the REPA head,
 which neither arm does, so the gain of a real step is a little smaller than this ratio says.
 
-    python benchmarks/mmdit_step.py --steps 40 --out benchmarks/results/mmdit_step.md
+    python -m training.benchmarks.mmdit_step --steps 40 --out training/benchmarks/results/mmdit_step.md
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ def main(argv=None) -> None:
             step(index, per_step)
             if i >= 3:
                 seconds[per_step] += time.perf_counter() - started
-    before, now = seconds[True] / args.steps, seconds[False] / args.steps
+    per_step, cached = seconds[True] / args.steps, seconds[False] / args.steps
     table = "\n".join([
         f"MM-DiT training step, batch {args.batch}, {args.threads} threads, {args.steps} steps per arm",
         "",
         "| text features | s/step | ratio |",
         "|---|---|---|",
-        f"| tokenised and encoded every step (before) | {before:.3f} | 1.00 |",
-        f"| read from `caption_features` (now) | {now:.3f} | {now / before:.2f} |",
+        f"| tokenised and encoded every step | {per_step:.3f} | 1.00 |",
+        f"| read from `caption_features` (as training does) | {cached:.3f} | {cached / per_step:.2f} |",
         "",
         f"Computing the features once: {cache_seconds:.1f} s for {len(captions)} captions "
         f"({cache_seconds / len(captions) * 24_000:.0f} s for the 24,000-caption bank).",

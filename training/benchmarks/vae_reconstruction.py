@@ -4,7 +4,7 @@ A generated image can pass the quality gate only if the VAE can draw it, so the 
 reconstructions on which the dataset's detector still finds every object is a ceiling for the
 gate of any model on that VAE. Test-split scenes (never seen in training), the posterior mean.
 
-    python benchmarks/vae_reconstruction.py src/attnscope/weights/shapes-unet runs/vae8 --n 256
+    python -m training.benchmarks.vae_reconstruction src/attnscope/weights/shapes-unet runs/shapes-unet/vae --n 256
 
 Prints a Markdown table: latent shape, mean absolute error in grey levels, and the share of scenes
 whose reconstruction passes (every object found with its colour and shape), by shape as well.
@@ -22,20 +22,20 @@ import torch
 def reconstruction_scores(vae, scenes, chunk: int = 64) -> dict:
     from attnscope.datasets.detect import detect, matches_caption
     from attnscope.datasets.shapes import scene_tensor, tensor_pixels
-    from training import architectures as arch
 
     errors, passed, by_shape = [], [], defaultdict(list)
     with torch.no_grad():
         for start in range(0, len(scenes), chunk):
             part = scenes[start:start + chunk]
-            recon = vae.decode(vae.encode(scene_tensor(part)).latent_dist.mean).sample
+            latent = vae.encode(scene_tensor(part)).latent_dist.mean
+            recon = vae.decode(latent).sample
             for scene, image in zip(part, tensor_pixels(recon)):
                 errors.append(np.abs(image.astype(float) - scene.image.astype(float)).mean())
                 ok = matches_caption(detect(image), scene.objects)
                 passed.append(ok)
                 for shape in {o.shape for o in scene.objects}:
                     by_shape[shape].append(ok)
-    channels, side = arch.latent_shape(vae)
+    channels, side = latent.shape[1], latent.shape[-1]
     return {"latent": f"{side}×{side}×{channels}", "mae": float(np.mean(errors)), "pass": float(np.mean(passed)),
             "by_shape": {k: float(np.mean(v)) for k, v in sorted(by_shape.items())}}
 
