@@ -1,9 +1,14 @@
-"""Side-by-side cost of DAAM tracing: plain generation vs attnscope vs daam 0.2.0, in one process.
+"""Cost of DAAM tracing, measured two ways in one process.
 
-Same pipeline, prompt and seed for every mode; modes are interleaved over repeats and the median
-is reported, so machine noise hits all modes alike. Ratios are against plain generation.
+1. Side by side: plain generation vs attnscope vs daam 0.2.0 on the same pipeline, prompt and seed;
+   modes are interleaved over repeats and the median is reported with the spread of the repeats
+   (min–max over the median of plain generation), so machine noise hits all modes alike.
+2. Directly: ``attnscope.trace(pipe, profile=True)`` times attnscope's own hooks inside each
+   denoising call (observer, tap dispatch, module hooks; :mod:`attnscope.core.profile`) and reports
+   their share of the call — free of the run-to-run noise that a difference of two totals carries.
+   ``--sd15`` adds Stable Diffusion 1.5's real UNet layout (random weights, 860 M parameters).
 
-    python benchmarks/bench_daam.py --repeats 5 --out benchmarks/results/bench_daam.md
+    python benchmarks/bench_daam.py --repeats 5 --sd15 --out benchmarks/results/bench_daam.md
 
 Needs ``pip install --no-deps daam==0.2.0`` (+ matplotlib, scipy) for the reference column.
 """
@@ -98,10 +103,38 @@ def bench(name, pipe, steps, repeats, daam):
     rows = []
     for mode in modes:
         med = statistics.median(times[mode])
+        spread = (min(times[mode]) / plain, max(times[mode]) / plain)
         stored = extras[mode][0][0] if mode in extras else None
         word = statistics.median(e[1] for e in extras[mode]) if mode in extras else None
-        rows.append((name, steps, mode, med, med / plain, stored, word))
+        rows.append((name, steps, mode, med, med / plain, spread, stored, word))
     return rows
+
+
+def direct_cost(pipe, steps, repeats):
+    """attnscope's share of each denoising call, from the profiled hooks (first call skipped)."""
+    calls = []
+    for _ in range(repeats):
+        with attnscope.trace(pipe, profile=True) as tc:
+            generate(pipe, steps)
+        calls += tc.profile.calls[1:]
+    tc.profile.calls = [calls[0]] + calls  # summary() skips the first as warm-up
+    return tc.profile.summary(skip_first=1)
+
+
+def sd15_layout_pipeline():
+    """Stable Diffusion 1.5's UNet (its published config, random weights) with the tiny text encoder
+    (width 768) and 8× VAE of the SD-proportioned test pipeline: real attention and convolution cost."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    pipe = sd_proportioned_pipeline()
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+    tok = pipe.tokenizer
+    pipe.text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=768, intermediate_size=768, num_hidden_layers=1, num_attention_heads=8,
+        max_position_embeddings=77, bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1)).eval()
+    return pipe
 
 
 def steps_independence(pipe, daam):
@@ -118,24 +151,38 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sd15", action="store_true", help="also measure the direct cost on SD 1.5's UNet layout (slow)")
+    parser.add_argument("--sd15-steps", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     daam = import_daam()
     pipes = {"tiny (32² image, 16² latent)": tiny_sd_pipeline(), "SD-proportioned (512² image, 64² latent)": sd_proportioned_pipeline()}
-    rows, growth = [], {}
+    rows, growth, direct = [], {}, {}
     for name, pipe in pipes.items():
         rows += bench(name, pipe, args.steps, args.repeats, daam)
         growth[name] = steps_independence(pipe, daam)
+        direct[name] = direct_cost(pipe, args.steps, args.repeats)
+    if args.sd15:
+        direct["SD 1.5 UNet layout, random weights (512² image)"] = direct_cost(sd15_layout_pipeline(), args.sd15_steps, 1)
     lines = [
         f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, CFG 7.5, median of {args.repeats} interleaved repeats",
         "",
-        "| pipeline | mode | time (s) | × plain | stored map bytes | one word map (ms) |",
-        "|---|---|---|---|---|---|",
+        "| pipeline | mode | time (s) | × plain | spread of repeats (× plain median) | stored map bytes | one word map (ms) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, steps, mode, med, ratio, stored, word in rows:
-        lines.append(f"| {name} | {mode} | {med:.3f} | {ratio:.3f} | {stored if stored is not None else '—'} | "
+    for name, steps, mode, med, ratio, spread, stored, word in rows:
+        lines.append(f"| {name} | {mode} | {med:.3f} | {ratio:.3f} | {spread[0]:.3f}–{spread[1]:.3f} | "
+                     f"{stored if stored is not None else '—'} | "
                      f"{'—' if word is None else ('fails: no maps found' if word != word else f'{word * 1000:.1f}')} |")
+    lines += ["", "Direct cost: time inside attnscope per denoising call (profiled hooks; median over calls, "
+              "first call skipped), as a share of the traced call:", "",
+              "| pipeline | calls | call (ms) | attnscope (ms) | observer | tap dispatch | hooks | share of call (min–max) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, d in direct.items():
+        lines.append(f"| {name} | {d['calls']} | {d['call_s'] * 1e3:.1f} | {d['attnscope_s'] * 1e3:.2f} | "
+                     f"{d['observer_s'] * 1e3:.2f} | {d['dispatch_s'] * 1e3:.3f} | {d['hooks_s'] * 1e3:.3f} | "
+                     f"{d['fraction']:.2%} ({d['fraction_min']:.2%}–{d['fraction_max']:.2%}) |")
     lines += ["", "Stored bytes at 2 and 8 steps (must not grow):", ""]
     for name, by_mode in growth.items():
         for mode, sizes in by_mode.items():

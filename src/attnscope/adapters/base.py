@@ -70,6 +70,17 @@ class Adapter:
         """What to do when a layer's attention processor does not call SDPA (appended to the error)."""
         return "set an attention processor that calls torch.nn.functional.scaled_dot_product_attention."
 
+    def size_multiple(self) -> int:
+        """Image heights and widths must be multiples of this (the pipeline's own rule)."""
+        return int(getattr(self.pipe, "vae_scale_factor", 1) or 1)
+
+    def prompt_words(self, prompt: str):
+        """``(kept, cut)``: the prompt's words that the text encoder reads and those past its context."""
+        from ..core.tokens import split_at_context
+
+        _, tokenizer = self.text_encoder()
+        return split_at_context(tokenizer, prompt, self.context_length())
+
     # -- one denoising pass on given latents (real-image protocol) ------------------------------------
     def context_length(self) -> int:
         """The number of prompt tokens the denoiser sees (longer prompts are cut)."""

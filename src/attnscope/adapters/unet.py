@@ -72,6 +72,11 @@ class UNetAdapter(Adapter):
             )
         return h, w, factor
 
+    def size_multiple(self) -> int:
+        """diffusers' SD pipelines require multiples of 8 (their ``check_inputs``), and whole latent
+        pixels; the UNet itself takes any latent size (odd sizes are up-sampled back to match)."""
+        return math.lcm(8, int(getattr(self.pipe, "vae_scale_factor", 8) or 8))
+
     def processor_hint(self) -> str:
         return ("call pipe.unet.set_attn_processor(AttnProcessor2_0()) (from diffusers.models.attention_processor) "
                 "before tracing.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import CLIError
+from .common import CLIError, HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .generate import add_generate_parser
 
     parser = argparse.ArgumentParser(prog="attnscope", description="See what each word of a prompt does inside a diffusion model.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(sub)
     add_eval_parser(sub)
@@ -28,13 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error prints one line on stderr and returns 2."""
+    """Run one command; a user error prints one line on stderr and returns 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except CLIError as err:
         print(f"attnscope: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("attnscope: interrupted; nothing written", file=sys.stderr)
+        return 130
 
 
 __all__ = ["CLIError", "build_parser", "main"]

@@ -7,33 +7,36 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from ..pipelines import DEFAULT_MODEL, DTYPES
-from .errors import CLIError
-from .generate import open_pipeline, settings_of
+from .common import CLIError, HelpFormatter
+from .generate import check_device, check_output_folder, open_pipeline, settings_of
 
 
 def add_eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="score attribution maps as segmentations (ShapesWorld or COCO-style data)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ev.add_argument("--protocol", choices=["generated", "real"], default="generated")
-    ev.add_argument("--model", help="hub id or local diffusers folder (default: the shipped tiny model)")
+                        formatter_class=HelpFormatter)
+    ev.add_argument("--protocol", choices=["generated", "real"], default="generated",
+                    help="generated: score maps on images generated from held-out captions; "
+                         "real: on dataset images noised to --noise")
+    ev.add_argument("--model", help="shipped model name, hub id or local diffusers folder (default: the shipped shapes-unet)")
     ev.add_argument("--methods", nargs="*", default=["daam"],
                     help="attribution methods to score; none (`--methods` alone) measures only the quality gate")
     ev.add_argument("--n", type=int, default=200, help="number of held-out scenes")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--coco", type=Path, help="COCO-style folder to read instead of generating ShapesWorld scenes")
-    ev.add_argument("--steps", type=int, default=None, help="sampling steps (generated protocol)")
-    ev.add_argument("--guidance", type=float, default=None)
+    ev.add_argument("--seed", type=int, default=0, help="seed of the held-out scenes and of the generation noise")
+    ev.add_argument("--coco", type=Path, help="COCO-style folder to read (default: generate ShapesWorld scenes)")
+    ev.add_argument("--steps", type=int, default=None,
+                    help="sampling steps, generated protocol (default: the model's recommendation, else 20)")
+    ev.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance scale (default: the model's recommendation, else 7.5)")
     ev.add_argument("--noise", type=float, default=0.5, help="noise level as a fraction of the schedule (real protocol)")
     ev.add_argument("--draws", type=int, default=1, help="noise draws averaged (real protocol)")
-    ev.add_argument("--batch", type=int, default=25)
-    ev.add_argument("--out", type=Path, default=Path("attnscope-eval"))
-    ev.add_argument("--device")
+    ev.add_argument("--batch", type=int, default=25, help="images per pipeline call")
+    ev.add_argument("--out", type=Path, default=Path("attnscope-eval"), help="folder for results.json, results.md and figures")
+    ev.add_argument("--device", help="cpu, cuda, cuda:1, mps … (default: cuda if available)")
     ev.add_argument("--dtype", choices=DTYPES, help="default: float32 (the benchmark's reference precision)")
     ev.set_defaults(func=cmd_eval)
 
@@ -77,6 +80,12 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--batch must be at least 1 (got {args.batch}).")
     if args.draws < 1:
         raise CLIError(f"--draws must be at least 1 (got {args.draws}).")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be at least 1 (got {args.steps}).")
+    if args.coco is not None and not args.coco.is_dir():
+        raise CLIError(f"--coco {args.coco} is not a folder; give a COCO-style folder (see attnscope.datasets.coco).")
+    check_output_folder(args.out)
+    check_device(args.device)
     defaults = settings_of(args.model)
     model = args.model or DEFAULT_MODEL
     pipe = open_pipeline(args.model, args.device, args.dtype or "float32", require_adapter=bool(args.methods))

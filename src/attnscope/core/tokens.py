@@ -87,3 +87,19 @@ def find_word(words: Sequence[Word], query: str, occurrence: int | None = None) 
             )
         starts = [starts[occurrence]]
     return [w for s in starts for w in words[s : s + len(parts)]]
+
+
+def split_at_context(tokenizer, prompt: str, context: int) -> tuple[list[Word], list[Word]]:
+    """The prompt's words that fit a text encoder's ``context`` tokens, and those cut off after it.
+
+    The prompt is tokenized without truncation, the way the encoder would see it (start and end
+    tokens included); a word any of whose tokens fall past the last content position is cut.
+    """
+    ids = tokenizer(prompt, truncation=False).input_ids
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    words = words_from_tokens(tokens, special)
+    has_end = bool(tokens) and tokens[-1] in special
+    last_content = context - (2 if has_end else 1)  # positions 0 … context-1, the end token takes the last
+    kept = [w for w in words if max(w.tokens) <= last_content]
+    return kept, [w for w in words if max(w.tokens) > last_content]

@@ -15,6 +15,7 @@ SDPA call. All hooks are removed when the block exits, also when the pipeline ra
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -169,6 +170,19 @@ class Trace:
         ids = args[0] if args else kwargs.get("input_ids")
         if self._pending_ids is None and torch.is_tensor(ids):
             self._pending_ids = ids.detach().to("cpu")
+            self._warn_if_cut(self._pending_ids)
+
+    def _warn_if_cut(self, ids: torch.Tensor) -> None:
+        """Warn when a prompt fills the encoder's whole context: its end token is the last position,
+        right after a word, so words past the context were (or may have been) cut."""
+        _, tokenizer = self.adapter.text_encoder()
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None or ids.dim() != 2 or ids.shape[-1] < 3:
+            return
+        full = [i for i, row in enumerate(ids.tolist()) if row[-1] == eos and row[-2] != eos and eos not in row[1:-1]]
+        if full:
+            warnings.warn(f"Prompt(s) {full} fill all {ids.shape[-1]} tokens of the text encoder's context; words "
+                          "past it were cut and have no maps. Shorten the prompt to map every word.", stacklevel=2)
 
     def _on_denoiser(self, module, args, kwargs) -> None:
         sample, timestep = self.adapter.denoiser_inputs(args, kwargs)

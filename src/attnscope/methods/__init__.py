@@ -55,7 +55,10 @@ def load(path: str | os.PathLike) -> MapResult:
     if kind not in _RESULTS:
         raise ResultFileError(f"{path} holds a result of kind {kind!r}, which this attnscope cannot read "
                               f"(known kinds: {', '.join(sorted(_RESULTS))}); upgrade attnscope.")
-    return _RESULTS[kind].from_saved(record, tensors)
+    try:
+        return _RESULTS[kind].from_saved(record, tensors)
+    except ResultFileError as err:
+        raise ResultFileError(f"{path}: {err}") from None
 
 
 __all__ = ["DAAM", "DAAMResult", "MapResult", "Method", "available_methods", "get_method", "load", "register_method"]

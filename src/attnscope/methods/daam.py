@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -82,6 +83,7 @@ class DAAMResult(MapResult):
             "model": trace.adapter.model_id(),
             "family": trace.adapter.family,
             "cfg": gen.cfg,
+            "context_tokens": int(gen.prompt_ids.shape[-1]) if gen.prompt_ids is not None else None,
             "steps_read": list(gen.steps_read),
             "timesteps": list(gen.timesteps),
             "settings": {
@@ -123,6 +125,19 @@ class DAAMResult(MapResult):
             raise RuntimeError("This result has no prompt tokens (prompt_embeds were passed); use token_map().")
         return self.words_by_prompt[self.prompt_of_image[image]]
 
+    def _cut_hint(self, query: str) -> str | None:
+        """Why ``query`` is missing when the recorded prompt text has it: the encoder cut the prompt."""
+        prompt = self.meta.get("prompt")
+        texts = prompt if isinstance(prompt, list) else [prompt] if isinstance(prompt, str) else []
+        parts = query.casefold().split()
+        for text in texts:
+            words = re.findall(r"[\w'-]+", text.casefold())
+            if parts and any(words[i : i + len(parts)] == parts for i in range(len(words))):
+                context = self.meta.get("context_tokens", "its")
+                return (f"{query!r} was cut: the prompt is longer than the text encoder's {context}-token "
+                        "context; shorten the prompt.")
+        return None
+
     def word_tokens(self, image: int = 0) -> list[Word]:
         """The prompt's words of ``image`` with their token positions (repeated words stay apart)."""
         return list(self._words(image))
@@ -163,7 +178,10 @@ class DAAMResult(MapResult):
     def raw_map(self, key: str | Sequence[int], image: int = 0, *, occurrence: int | None = None, **options) -> torch.Tensor:
         """Un-normalised map of a word or phrase (``str``) or of token positions (ints) in ``image``."""
         if isinstance(key, str):
-            positions = token_positions(find_word(self._words(image), key, occurrence))
+            try:
+                positions = token_positions(find_word(self._words(image), key, occurrence))
+            except KeyError as err:
+                raise KeyError(self._cut_hint(key) or err.args[0]) from None
         else:
             positions = [int(p) for p in key]
         return self.token_map(positions, image, **options)
@@ -240,25 +258,56 @@ class DAAMResult(MapResult):
 
     @classmethod
     def from_saved(cls, record: dict, tensors: dict[str, torch.Tensor]) -> "DAAMResult":
+        """Rebuild a saved result; every JSON field is checked against the tensors first."""
         from ..io import ResultFileError
 
         try:
             layers = [LayerInfo(**l) for l in record["layers"]]
-            return cls(
+            result = cls(
                 maps={l.name: tensors[f"map/{l.name}"] for l in layers},
                 layers=layers,
-                head_index={k: list(v) for k, v in record["head_index"].items()},
+                head_index={k: [int(h) for h in v] for k, v in record["head_index"].items()},
                 tokens=record["tokens"],
-                words_by_prompt=[[Word(t, tuple(p)) for t, p in ws] for ws in record["words"]],
-                prompt_of_image=list(record["prompt_of_image"]),
-                image_hw=tuple(record["image_hw"]),
-                latent_hw=tuple(record["latent_hw"]),
+                words_by_prompt=[[Word(t, tuple(int(i) for i in p)) for t, p in ws] for ws in record["words"]],
+                prompt_of_image=[int(p) for p in record["prompt_of_image"]],
+                image_hw=tuple(int(v) for v in record["image_hw"]),
+                latent_hw=tuple(int(v) for v in record["latent_hw"]),
                 images=tensors.get("images"),
                 meta=record["meta"],
                 per_step={k[5:]: v for k, v in tensors.items() if k.startswith("step/")},
             )
-        except (KeyError, TypeError) as err:
-            raise ResultFileError(f"The saved DAAM result is incomplete (missing {err}); save it again.") from None
+        except KeyError as err:
+            raise ResultFileError(f"field {err} is missing; save the result again.") from None
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ResultFileError(f"a field has the wrong type ({err}); save the result again.") from None
+        problem = result._consistency_problem()
+        if problem:
+            raise ResultFileError(f"{problem}; the JSON and the tensors disagree, save the result again.")
+        return result
+
+    def _consistency_problem(self) -> str | None:
+        """The first disagreement between the metadata and the tensors, in words (None: consistent)."""
+        n = self.n_images
+        if len(self.image_hw) != 2 or len(self.latent_hw) != 2 or min(self.image_hw + self.latent_hw) < 1:
+            return f"field 'image_hw'/'latent_hw' must be two positive sizes (got {self.image_hw}, {self.latent_hw})"
+        if self.words_by_prompt and any(not 0 <= p < len(self.words_by_prompt) for p in self.prompt_of_image):
+            return f"field 'prompt_of_image' names prompts beyond the {len(self.words_by_prompt)} stored"
+        if set(self.head_index) != {l.name for l in self.layers}:
+            return "field 'head_index' does not list exactly the stored layers"
+        for layer in self.layers:
+            maps, heads = self.maps[layer.name], self.head_index[layer.name]
+            if any(not 0 <= h < layer.heads for h in heads):
+                return f"field 'head_index' of {layer.name} names heads beyond its {layer.heads}"
+            expected = (n, len(heads), None, layer.height, layer.width)
+            if maps.dim() != 5 or any(e is not None and e != got for e, got in zip(expected, maps.shape)):
+                return (f"field 'layers'/'prompt_of_image' give map shape (images={n}, heads={len(heads)}, tokens, "
+                        f"{layer.height}, {layer.width}) for {layer.name}, but its tensor is {tuple(maps.shape)}")
+            tokens = maps.shape[2]
+            if any(t >= tokens for ws in self.words_by_prompt for w in ws for t in w.tokens):
+                return f"field 'words' names token positions beyond the {tokens} stored"
+        if self.images is not None and tuple(self.images.shape) != (n, *self.image_hw, 3):
+            return f"field 'image_hw' or 'prompt_of_image' says {n} image(s) of {self.image_hw}, but 'images' is {tuple(self.images.shape)}"
+        return None
 
 
 def _to_grid(probs: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
