@@ -31,28 +31,6 @@ def test_one_biased_zero_token_equals_many():
     torch.testing.assert_close(short, stock, atol=1e-4, rtol=1e-4)
 
 
-def test_the_shipped_pipeline_computes_what_training_computes():
-    """The shipped MM-DiT's stock prompt encoding (256 zero tokens) equals training's encoding with one biased token."""
-    from diffusers import DiffusionPipeline
-
-    from attnscope.pipelines import absent_components
-    from training.train_mmdit import encode
-
-    folder = WEIGHTS / "shapes-mmdit"
-    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32, **absent_components(folder))
-    ids = arch.token_ids(pipe.tokenizer, ["a blue star"])
-    latents = torch.randn(1, arch.LATENT_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(1))
-    t = torch.tensor([500.0])
-    with torch.no_grad():
-        embeds, _, pooled, _ = pipe.encode_prompt("a blue star", "a blue star", None, do_classifier_free_guidance=False)
-        stock = pipe.transformer(latents, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t).sample
-        context, pooled_train = encode([pipe.text_encoder, pipe.text_encoder_2], ids)
-        with ZeroTokenBias(arch.SD3_ZERO_TOKENS):
-            short = pipe.transformer(latents, encoder_hidden_states=context, pooled_projections=pooled_train, timestep=t).sample
-    assert embeds.shape[1] == arch.MAX_TOKENS + arch.SD3_ZERO_TOKENS
-    torch.testing.assert_close(short, stock, atol=1e-4, rtol=1e-4)
-
-
 def _ids(folder, caption):
     from transformers import CLIPTokenizer
 
