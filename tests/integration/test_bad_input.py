@@ -185,3 +185,19 @@ def test_altered_tensor_bytes_fail_their_checksum(saved, tmp_path):
     with pytest.raises(ResultFileError, match="does not match its checksum"):
         attnscope.load(copy)
     assert torch.equal(attnscope.load(saved).word("cat"), attnscope.load(saved).word("cat"))
+
+
+def test_readme_python_example_uses_current_diffusers_arguments(model_dir):
+    import re
+    import warnings
+    from pathlib import Path
+
+    from diffusers import StableDiffusionPipeline
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme, re.S))
+    assert "from_pretrained" in code and "torch_dtype" not in code
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    assert not [w for w in caught if "dtype" in str(w.message)]
