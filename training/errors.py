@@ -12,6 +12,8 @@ each module's ``main()`` turns it into an error line on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Callable
 
 
 class TrainingError(ValueError):
@@ -25,3 +27,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise TrainingError(f"{self.prog}: {message}")
 
+
+
+def run_command(run: Callable, parse_args: Callable, argv=None) -> None:
+    """A command's ``main()``: parse, run, and turn a :class:`TrainingError` into one stderr line and
+    exit status 2 (the only place the training code exits the process)."""
+    try:
+        run(parse_args(argv))
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

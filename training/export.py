@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from attnscope.pipelines import DEFAULTS_FILE
 
 from . import architectures as arch
 from .checkpoint import load_checkpoint
-from .errors import ArgumentParser, TrainingError
+from .errors import ArgumentParser, TrainingError, run_command
 from .train import load_vae, run_tokenizer
 
 #: recommended guidance scale of each kind of model, as shipped
@@ -100,11 +99,7 @@ def run(args) -> Path:
 
 
 def main(argv=None) -> None:
-    try:
-        run(parse_args(argv))
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ import argparse
 import importlib
 import json
 import shlex
-import sys
 from pathlib import Path
 
 from attnscope.pipelines import WEIGHTS
 
-from .errors import ArgumentParser, TrainingError
+from .errors import ArgumentParser, TrainingError, run_command
 
 RECIPES = Path(__file__).parent / "recipes"
 #: the modules a stage's command may name (each has parse_args and run)
@@ -163,11 +162,7 @@ def run(args) -> Path:
 
 
 def main(argv=None) -> None:
-    try:
-        run(parse_args(argv))
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from attnscope.datasets.shapes import make_scene, scene_tensor
 
 from . import architectures as arch
 from .checkpoint import EMA, load_checkpoint, save_checkpoint
-from .errors import ArgumentParser, TrainingError
+from .errors import ArgumentParser, TrainingError, run_command
 
 LOG_EVERY = 25  # steps between logged losses
 BANK_CHUNK = 64  # scenes drawn and encoded together when a latent bank is built (chunk i is scene_batch step i)
@@ -259,11 +258,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> None:
-    try:
-        run(parse_args(argv))
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,7 +45,7 @@ from attnscope.pipelines import WEIGHTS
 from . import architectures as arch
 from . import repa
 from .checkpoint import EMA, load_checkpoint
-from .errors import ArgumentParser, TrainingError
+from .errors import ArgumentParser, TrainingError, run_command
 from .train import LOG_EVERY, _save, latent_bank, load_vae, lr_at, optimizer_step, run_tokenizer, same_vae, time_left
 
 #: the shipped recipe's scene weights: crosses, diamonds and stars, the shapes the MM-DiT draws worst, more often
@@ -369,11 +368,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> None:
-    try:
-        run(parse_args(argv))
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

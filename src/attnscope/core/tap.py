@@ -46,11 +46,15 @@ class AttentionTap(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and not self.seen:
-            self.seen = True
-            query, key, mask, scale = sdpa_arguments(args, kwargs)
-            with torch.no_grad():
-                self.observer(query, key, mask, scale)
+            self.read(args, kwargs)
         return func(*args, **kwargs)
+
+    def read(self, args: tuple, kwargs: dict) -> None:
+        """Hand the SDPA call's q, k, mask and scale to the observer (once per module call)."""
+        self.seen = True
+        query, key, mask, scale = sdpa_arguments(args, kwargs)
+        with torch.no_grad():
+            self.observer(query, key, mask, scale)
 
 
 class ProfiledTap(AttentionTap):
@@ -64,15 +68,48 @@ class ProfiledTap(AttentionTap):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         start = time.perf_counter()
         kwargs = kwargs or {}
+        reads = func is F.scaled_dot_product_attention and not self.seen
+        if reads:
+            self.read(args, kwargs)
+        self.profile.add("observer" if reads else "dispatch", time.perf_counter() - start)
+        return func(*args, **kwargs)
+
+
+class OutputTap(TorchFunctionMode):
+    """Runs the first SDPA call while active, then reports ``(q, k, v, attn_mask, scale, output)``.
+
+    For side computations that need the attention *output* (ConceptAttention reads the image
+    tokens' outputs before the output projection). The output is returned untouched, so the
+    model's result is unchanged; the observer must not modify any of the tensors it is given.
+
+    >>> import torch, torch.nn.functional as F
+    >>> seen = []
+    >>> q = torch.randn(1, 2, 4, 8)
+    >>> with OutputTap(lambda q, k, v, mask, scale, out: seen.append(out.shape)):
+    ...     out = F.scaled_dot_product_attention(q, q, q)
+    >>> seen == [out.shape]
+    True
+    """
+
+    def __init__(self, observer: Callable):
+        super().__init__()
+        self.observer = observer
+        self.seen = False
+
+    def __enter__(self):
+        self.seen = False
+        return super().__enter__()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
         if func is F.scaled_dot_product_attention and not self.seen:
             self.seen = True
             query, key, mask, scale = sdpa_arguments(args, kwargs)
+            value = args[2] if len(args) > 2 else kwargs["value"]
             with torch.no_grad():
-                self.observer(query, key, mask, scale)
-            self.profile.add("observer", time.perf_counter() - start)
-        else:
-            self.profile.add("dispatch", time.perf_counter() - start)
-        return func(*args, **kwargs)
+                self.observer(query, key, value, mask, scale, output)
+        return output
 
 
 def sdpa_arguments(args: tuple, kwargs: dict):
@@ -88,10 +125,12 @@ def sdpa_arguments(args: tuple, kwargs: dict):
 
 
 def attention_probs(
-    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scale: float, keep: int | None = None
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scale: float,
+    keep: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``softmax(q kᵀ · scale + mask)`` in float32, **key-major**: shape ``(..., keys, queries)``; with
-    ``keep``, only the first ``keep`` keys (still normalised over every key).
+    ``keep``, only the first ``keep`` keys, or the keys at the positions ``keep`` (a 1-D index tensor,
+    e.g. an MM-DiT's prompt keys after its image keys) — still normalised over every key.
 
     ``mask`` follows SDPA (boolean, True = attend, or additive float; broadcastable to
     ``(..., queries, keys)``). Scores are laid out keys × queries and the softmax runs in place on
@@ -106,6 +145,8 @@ def attention_probs(
     True
     >>> torch.equal(attention_probs(q, k, None, 0.5, keep=3), probs[..., :3, :])
     True
+    >>> torch.equal(attention_probs(q, k, None, 0.5, keep=torch.tensor([4, 6])), probs[..., [4, 6], :])
+    True
     """
     # scaling k (keys × dim) is cheaper than scaling q (queries × dim) or the scores
     scores = torch.matmul(key.float() * scale, query.float().transpose(-1, -2))
@@ -117,5 +158,7 @@ def attention_probs(
             scores.add_(mask.float())
     scores.sub_(scores.amax(dim=-2, keepdim=True)).exp_()
     totals = scores.sum(dim=-2, keepdim=True)
+    if torch.is_tensor(keep):
+        return scores.index_select(-2, keep.to(scores.device)).div_(totals)
     kept = scores if keep is None or keep >= scores.shape[-2] else scores[..., :keep, :]
     return kept.div_(totals)
