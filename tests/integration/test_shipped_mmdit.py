@@ -37,13 +37,23 @@ def test_generates_and_is_seeded(pipe):
     assert first.shape == (1, 64, 64, 3) and np.array_equal(first, again)
 
 
-def test_tracing_it_is_refused_in_one_line(tmp_path, capsys):
+def test_generate_traces_it(tmp_path):
     from attnscope.cli import main
 
-    assert main(["generate", "a red circle", "--model", str(MODEL), "--steps", "1", "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("attnscope: error:")
-    assert not (tmp_path / "o").exists()
+    out = tmp_path / "o"
+    assert main(["generate", "a red circle", "--model", str(MODEL), "--steps", "2", "--out", str(out)]) == 0
+    assert (out / "overlay_circle.png").is_file() and (out / "overlay_red.png").is_file()
+
+
+def test_eval_daam_generated(tmp_path):
+    """`attnscope eval --model shapes-mmdit --protocol generated` scores DAAM on joint attention."""
+    from attnscope.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "shapes-mmdit", "--protocol", "generated", "--n", "4", "--steps", "2",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["scored_pairs"] > 0 and "daam" in json.dumps(results)
 
 
 def test_eval_gate_only(tmp_path):

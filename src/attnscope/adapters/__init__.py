@@ -2,10 +2,13 @@
 
 Example:
     >>> from attnscope.adapters import adapter_for
-    >>> adapter_for(object())
+    >>> adapter_for(object())                                # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    attnscope.adapters.UnsupportedPipelineError: object is not supported: attnscope traces diffusers pipelines whose denoiser is a UNet2DConditionModel (Stable Diffusion 1.x, 2.x, XL).
+    attnscope.adapters.UnsupportedPipelineError: object is not supported: attnscope traces diffusers pipelines whose denoiser is a UNet2DConditionModel (Stable Diffusion 1.x, 2.x, XL); ... SD3Transformer2DModel (Stable Diffusion 3, 3.5); ... FluxTransformer2DModel (Flux.1).
+
+Built-in adapters: :mod:`.unet` (SD 1.x / 2.x / XL), :mod:`.sd3` (SD3, SD3.5), :mod:`.flux` (Flux.1);
+:mod:`.mmdit` holds what the two MM-DiT families share.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ def adapter_for(pipe: Any) -> Adapter:
 
 
 def _builtin() -> list[type[Adapter]]:
-    from .unet import UNetAdapter  # imported on first use: diffusers is heavy
+    from .flux import FluxAdapter  # imported on first use: diffusers is heavy
+    from .sd3 import SD3Adapter
+    from .unet import UNetAdapter
 
-    return [UNetAdapter]
+    return [UNetAdapter, SD3Adapter, FluxAdapter]
 
 
 __all__ = ["Adapter", "UnsupportedPipelineError", "adapter_for", "register_adapter", "registered_adapters"]

@@ -47,6 +47,15 @@ class Adapter:
         """The encoder whose input ids define the prompt's tokens, and its tokenizer."""
         return getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "tokenizer", None)
 
+    def prompt_segments(self) -> list:
+        """The runs of prompt positions the denoiser's text keys hold, in order, each labelled by the
+        tokenizer that produced it (:class:`~attnscope.core.prompt.PromptSegment`). The first is
+        :meth:`text_encoder`'s; SD3 adds its T5 positions after its CLIP positions. Default: one."""
+        from ..core.prompt import PromptSegment
+
+        encoder, tokenizer = self.text_encoder()
+        return [PromptSegment("text", encoder, tokenizer)]
+
     def image_decoder(self) -> torch.nn.Module | None:
         vae = getattr(self.pipe, "vae", None)
         return getattr(vae, "decoder", None)
@@ -60,6 +69,19 @@ class Adapter:
     def denoiser_inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float | None]:
         """``(latent sample, timestep)`` from a denoiser forward call."""
         raise NotImplementedError
+
+    def token_layout(self, layer: LayerInfo, queries: int, keys: int, latent_hw: tuple[int, int]) -> tuple[slice, slice]:
+        """``(image query rows, prompt key columns)`` of one SDPA call of ``layer`` with ``queries``
+        queries and ``keys`` keys on a latent of ``latent_hw``: both as ``slice(start, stop)``.
+
+        Default (cross-attention): every query is an image position and every key a prompt token.
+        Joint attention (MM-DiT) runs image and text tokens in one sequence; SD3 orders it
+        ``[image ; text]``, Flux ``[text ; image]``.
+
+        >>> Adapter(None).token_layout(None, 64, 77, (8, 8))
+        (slice(0, 64, None), slice(0, 77, None))
+        """
+        return slice(0, queries), slice(0, keys)
 
     def layer_grid(self, layer: LayerInfo, pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
         """``(height, width, factor)`` of ``layer``'s query grid when it sees ``pixels`` queries on a

@@ -9,6 +9,8 @@ Example:
     >>> layer = LayerInfo(name="mid_block.attentions.0.transformer_blocks.0.attn2", index=0, heads=8, factor=8)
     >>> layer.short_name
     'mid0.0.attn2'
+    >>> LayerInfo(name="single_transformer_blocks.3.attn", index=0, heads=24).short_name   # Flux
+    'single3.attn'
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class LayerInfo:
     @property
     def short_name(self) -> str:
         parts = self.name.split(".")
-        compact = {"down_blocks": "down", "up_blocks": "up", "mid_block": "mid"}
+        compact = {"down_blocks": "down", "up_blocks": "up", "mid_block": "mid",
+                   "transformer_blocks": "joint", "single_transformer_blocks": "single"}
         head = compact.get(parts[0], parts[0])
         numbers = [p for p in parts[1:] if p.isdigit()]
         return f"{head}{'.'.join(numbers)}.{parts[-1]}"

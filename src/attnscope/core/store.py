@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .layers import LayerInfo
+from .prompt import SegmentIds, kept_positions, merged_words, token_labels
 from .tokens import Word, words_from_tokens
 
 
@@ -27,6 +28,10 @@ class Generation:
         steps_read: how many denoising calls were summed into ``sums``.
         per_step: ``{layer name: [per-call tensors]}`` when ``keep_steps`` is on.
         images: decoded images ``(images, H, W, 3)`` uint8 when the VAE decoder ran.
+        segments: the ids of every prompt segment (:mod:`attnscope.core.prompt`) when the denoiser
+            sees more than one (SD3: CLIP then T5); stored token ``i`` is then text position
+            ``kept_tokens()[i]``. Empty for one segment: stored tokens are its leading positions.
+        extras: what trace extensions (e.g. ConceptAttention's concept stream) record, by name.
     """
 
     prompt_ids: torch.Tensor | None
@@ -45,8 +50,10 @@ class Generation:
     head_index: dict = field(default_factory=dict)
     per_step: dict = field(default_factory=dict)
     images: torch.Tensor | None = None
+    segments: list[SegmentIds] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)
     _decoded: list = field(default_factory=list)
-    _kept: int | None = None
+    _kept: int | torch.Tensor | None = None
 
     # -- shape of the batch -------------------------------------------------------------------
     @property
@@ -73,18 +80,39 @@ class Generation:
                 "The trace saw no prompt tokens (were prompt_embeds passed?); "
                 "token and word maps need the pipeline to encode the prompt itself."
             )
+        if self.segments:
+            return token_labels(self.segments, self._stored_positions(), prompt)[0]
         return self.tokenizer.convert_ids_to_tokens(self.prompt_ids[prompt].tolist())
+
+    def token_sources(self, prompt: int = 0) -> list[str]:
+        """Per stored token, the name of the prompt segment (tokenizer) that produced it."""
+        if self.segments:
+            return token_labels(self.segments, self._stored_positions(), prompt)[1]
+        return ["text"] * len(self.token_strings(prompt))
+
+    def _stored_positions(self) -> torch.Tensor:
+        kept = self._kept
+        if kept is None:
+            raise RuntimeError("No attention was stored yet, so the stored token positions are unknown.")
+        return torch.arange(kept) if isinstance(kept, int) else kept
 
     def special_tokens(self) -> set[str]:
         return set(getattr(self.tokenizer, "all_special_tokens", []) or [])
 
     def words(self, prompt: int) -> list[Word]:
+        if self.segments:
+            self.token_strings(prompt)  # the same error when no tokens were seen
+            return merged_words(self.segments, self._stored_positions(), prompt)
         return words_from_tokens(self.token_strings(prompt), self.special_tokens())
 
-    def kept_tokens(self, total: int) -> int:
-        """How many leading tokens to store: through the longest prompt's end token."""
+    def kept_tokens(self, total: int) -> int | torch.Tensor:
+        """Which of ``total`` text positions to store: a count of leading positions (one segment:
+        through the longest prompt's end token), or the positions themselves (several segments)."""
         if self._kept is None:
-            self._kept = self._count_kept(total)
+            if self.segments:
+                self._kept = kept_positions(self.segments, total, self.keep_padding)
+            else:
+                self._kept = self._count_kept(total)
         return self._kept
 
     def _count_kept(self, total: int) -> int:
@@ -113,7 +141,7 @@ class Generation:
     def accumulate(self, layer: LayerInfo, heads: list[int], probs: torch.Tensor) -> None:
         """Add one call's conditional probabilities ``(images, heads, tokens, pixels)``."""
         keep = self.kept_tokens(probs.shape[-2])
-        if keep < probs.shape[-2]:
+        if isinstance(keep, int) and keep < probs.shape[-2]:
             probs = probs[..., :keep, :]
         current = self.sums.get(layer.name)
         if current is None:

@@ -22,8 +22,9 @@ import torch
 
 from .layers import LayerInfo, assign_head_offsets, select_layers
 from .profile import HookProfile
+from .prompt import SegmentIds
 from .store import Generation
-from .tap import AttentionTap, ProfiledTap, attention_probs
+from .tap import AttentionTap, OutputTap, ProfiledTap, attention_probs
 
 
 def _as_step_filter(steps) -> range | None:
@@ -52,6 +53,7 @@ class Trace:
         cfg: bool | None = None,
         profile: bool = False,
         adapter: Any = None,
+        **extensions: Any,
     ):
         from ..adapters import adapter_for
 
@@ -72,10 +74,23 @@ class Trace:
         self.cfg_override = cfg
         self.profile: HookProfile | None = HookProfile() if profile else None
         self.generations: list[Generation] = []
+        self.segments = self.adapter.prompt_segments()
         self._pending_ids: torch.Tensor | None = None
+        self._pending_segments: dict[str, torch.Tensor] = {}
         self._handles: list = []
         self._grid_latent: dict = {}
         self._active = False
+        self.extensions = self._make_extensions(extensions)
+
+    def _make_extensions(self, options: dict) -> list:
+        """Trace options that methods add (``concepts=`` of ConceptAttention): each names a
+        :class:`~attnscope.core.extension.TraceExtension` registered by a method; the core only
+        installs it and gives it hooks, an SDPA tap and the current generation."""
+        if not options:
+            return []
+        from ..methods import trace_extension  # the registry, by name: the core knows no method
+
+        return [trace_extension(name)(self, value) for name, value in options.items()]
 
     # -- configuration -------------------------------------------------------------------------
     def _resolve_heads(self, heads) -> dict[str, list[int]]:
@@ -123,6 +138,10 @@ class Trace:
         encoder, _ = self.adapter.text_encoder()
         if encoder is not None:
             self._handles.append(encoder.register_forward_pre_hook(timed(self._on_encoder), with_kwargs=True))
+        for segment in self.segments[1:]:  # further prompt segments (SD3's T5 after its CLIP positions)
+            if segment.encoder is not None and segment.encoder is not encoder:
+                hook = timed(self._segment_hook(segment.name))
+                self._handles.append(segment.encoder.register_forward_pre_hook(hook, with_kwargs=True))
         decoder = self.adapter.image_decoder()
         if decoder is not None:
             self._handles.append(decoder.register_forward_hook(timed(self._on_decoder)))
@@ -132,6 +151,25 @@ class Trace:
             module = self._modules[layer.name]
             self._handles.append(module.register_forward_pre_hook(timed(self._enter_hook(tap))))
             self._handles.append(module.register_forward_hook(timed(self._leave_hook(tap, layer)), always_call=True))
+        for extension in self.extensions:
+            extension.install(self)
+
+    # -- what extensions use -----------------------------------------------------------------------
+    def hook(self, handle) -> None:
+        """Keep a hook handle (from ``register_forward_*hook``) so the trace removes it on exit."""
+        self._handles.append(handle)
+
+    def tap(self, module: torch.nn.Module, layer: LayerInfo, observer) -> None:
+        """Call ``observer(query, key, value, attn_mask, scale, output)`` after the first SDPA call of
+        every forward of ``module`` (an :class:`~attnscope.core.tap.OutputTap`); removed on exit."""
+        tap = OutputTap(observer)
+        self.hook(module.register_forward_pre_hook(self._enter_hook(tap)))
+        self.hook(module.register_forward_hook(self._leave_hook(tap, layer), always_call=True))
+
+    def active_generation(self) -> Generation | None:
+        """The generation being recorded, if the current denoising call is one the trace reads."""
+        gen = self.generations[-1] if self.generations else None
+        return gen if gen is not None and not gen.closed and gen.accepts_step(self.steps) else None
 
     @staticmethod
     def _enter_hook(tap: AttentionTap):
@@ -172,6 +210,14 @@ class Trace:
             self._pending_ids = ids.detach().to("cpu")
             self._warn_if_cut(self._pending_ids)
 
+    def _segment_hook(self, name: str):
+        def hook(module, args, kwargs) -> None:
+            ids = args[0] if args else kwargs.get("input_ids")
+            if name not in self._pending_segments and torch.is_tensor(ids):
+                self._pending_segments[name] = ids.detach().to("cpu")
+
+        return hook
+
     def _warn_if_cut(self, ids: torch.Tensor) -> None:
         """Warn when a prompt fills the encoder's whole context: its end token is the last position,
         right after a word, so words past the context were (or may have been) cut."""
@@ -206,11 +252,18 @@ class Trace:
         if cfg and batch % 2:
             raise RuntimeError(f"A guided denoiser call has an odd batch of {batch}; pass cfg=False if it is unguided.")
         ids, self._pending_ids = self._pending_ids, None
+        pending, self._pending_segments = self._pending_segments, {}
         latent_hw = self.adapter.latent_hw(sample)
         _, tokenizer = self.adapter.text_encoder()
+        segments = []
+        if ids is not None and len(self.segments) > 1:
+            found = [SegmentIds(self.segments[0].name, tokenizer, ids)]
+            found += [SegmentIds(s.name, s.tokenizer, pending[s.name]) for s in self.segments[1:] if s.name in pending]
+            segments = found if len(found) > 1 else []
         return Generation(
             prompt_ids=ids,
             tokenizer=tokenizer,
+            segments=segments,
             cfg=bool(cfg),
             batch=batch,
             latent_hw=latent_hw,
@@ -228,7 +281,8 @@ class Trace:
         gen = self.generations[-1] if self.generations else None
         if gen is None or gen.closed or not gen.accepts_step(self.steps):
             return
-        pixels = int(query.shape[-2])
+        image, text = self.adapter.token_layout(layer, int(query.shape[-2]), int(key.shape[-2]), gen.latent_hw)
+        pixels = image.stop - image.start
         if layer.height * layer.width != pixels or self._grid_latent.get(layer.name) != gen.latent_hw:
             layer.height, layer.width, layer.factor = self.adapter.layer_grid(layer, pixels, gen.latent_hw)
             self._grid_latent[layer.name] = gen.latent_hw
@@ -237,13 +291,19 @@ class Trace:
         rows = gen.conditional_rows()
         heads = self.head_index[layer.name]
         q, k = query[rows], key[rows]
+        if pixels != query.shape[-2]:  # joint attention: read the image queries only
+            q = q[..., image, :]
         if len(heads) != layer.heads:
             q, k = q[:, heads], k[:, heads]
         if mask is not None and mask.dim() == 4:
             mask = mask[rows] if mask.shape[0] == query.shape[0] else mask
             if len(heads) != layer.heads and mask.shape[1] == layer.heads:
                 mask = mask[:, heads]
-        keep = gen.kept_tokens(int(key.shape[-2]))
+            if mask.shape[-2] == query.shape[-2] and pixels != query.shape[-2]:
+                mask = mask[..., image, :]
+        keep = gen.kept_tokens(text.stop - text.start)
+        if text.start or not isinstance(keep, int):  # prompt keys after the image keys, or several segments
+            keep = text.start + (torch.arange(keep) if isinstance(keep, int) else keep)
         gen.accumulate(layer, heads, attention_probs(q, k, mask, scale, keep=keep))
 
     # -- results ---------------------------------------------------------------------------------

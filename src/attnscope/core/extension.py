@@ -1,0 +1,56 @@
+"""Trace extensions: what a method adds to a trace without the core knowing the method.
+
+Some methods need more than the attention probabilities the core stores: ConceptAttention runs a
+stream of concept tokens beside the prompt through the joint blocks. Such a method registers a
+*trace option* (``attnscope.trace(pipe, concepts=[...])``) whose value builds a
+:class:`TraceExtension`. The core creates it when the trace is created (before any hook exists,
+so the extension may run the pipeline's encoders), calls :meth:`TraceExtension.install` after its
+own hooks are in place, and removes everything the extension registered through it on exit.
+
+What the core offers an extension (all on :class:`~attnscope.core.trace.Trace`):
+
+- ``trace.hook(handle)``: keep a module-hook handle; removed when the ``with`` block exits;
+- ``trace.tap(module, layer, observer)``: an :class:`~attnscope.core.tap.OutputTap` on ``module``:
+  ``observer(q, k, v, mask, scale, output)`` after its first SDPA call (output unchanged);
+- ``trace.active_generation()``: the :class:`~attnscope.core.store.Generation` being recorded, or
+  None when the current denoising call is outside ``steps=``; an extension stores its results in
+  ``generation.extras[name]``;
+- ``trace.adapter``: the family's adapter (image rows, prompt keys, block conditioning …).
+
+Hooks an extension registers on the denoiser run after the core's, so the generation of the
+current call already exists.
+
+Example (a toy extension that counts joint-attention calls)::
+
+    class CountCalls(TraceExtension):
+        name = "count"
+        def install(self, trace):
+            for info, module in trace.adapter.attention_layers():
+                trace.tap(module, info, lambda *a: self.bump(trace))
+        def bump(self, trace):
+            gen = trace.active_generation()
+            if gen is not None:
+                gen.extras["count"] = gen.extras.get("count", 0) + 1
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TraceExtension:
+    """Base class of trace extensions (see the module docstring).
+
+    Subclasses take ``(trace, value)`` — the trace being created and the value of their trace
+    option — and validate the value in ``__init__`` so that bad input fails before anything runs.
+    """
+
+    #: The key under which the extension stores its results in ``Generation.extras``.
+    name: str = ""
+
+    def __init__(self, trace: Any, value: Any):
+        self.value = value
+
+    def install(self, trace: Any) -> None:
+        """Register hooks and taps through ``trace``; called once per ``with`` block."""
+        raise NotImplementedError
