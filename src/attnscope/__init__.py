@@ -11,7 +11,7 @@ Example:
 
 from ._version import __version__
 
-__all__ = ["trace", "load", "load_pipeline", "__version__"]
+__all__ = ["trace", "load", "load_pipeline", "hrv", "steer", "weaken", "__version__"]
 
 
 def __getattr__(name):
@@ -28,4 +28,12 @@ def __getattr__(name):
         from .pipelines import load_pipeline
 
         return load_pipeline
+    if name == "hrv":
+        import importlib
+
+        return importlib.import_module(".hrv", __name__)  # not `from . import hrv`: that calls back here
+    if name in ("steer", "weaken"):
+        from . import control
+
+        return getattr(control, name)
     raise AttributeError(f"module 'attnscope' has no attribute {name!r}")

@@ -7,7 +7,7 @@ Every method is a :class:`~attnscope.methods.base.Method` whose call returns a t
 
 Example:
     >>> available_methods()
-    ['daam']
+    ['daam', 'hrv-weighted', 'selective', 'selective-bottom']
     >>> get_method("daam")
     DAAM()
 """
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 
+from ..hrv.vectors import HeadRelevance
 from .base import MapResult, Method
 from .daam import DAAM, DAAMResult
+from .selective import HRVWeighted, SelectiveBottom, SelectiveHeads, SelectiveResult
 
-_METHODS: dict[str, type[Method]] = {DAAM.name: DAAM}
-_RESULTS: dict[str, type[MapResult]] = {DAAMResult.kind: DAAMResult}
+_METHODS: dict[str, type[Method]] = {m.name: m for m in (DAAM, SelectiveHeads, SelectiveBottom, HRVWeighted)}
+_RESULTS: dict[str, type[MapResult]] = {DAAMResult.kind: DAAMResult, SelectiveResult.kind: SelectiveResult,
+                                        HeadRelevance.kind: HeadRelevance}  # head relevance vectors load by kind too
 
 
 def register_method(method: type[Method]) -> type[Method]:
