@@ -17,6 +17,7 @@ from .common import CLIError, HelpFormatter
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_compare_parser, add_eval_parser
     from .generate import add_generate_parser
+    from .hrv import add_hrv_parser
 
     parser = argparse.ArgumentParser(prog="attnscope", description="See what each word of a prompt does inside a diffusion model.",
                                      formatter_class=HelpFormatter)
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_eval_parser(sub)
     add_compare_parser(sub)
+    add_hrv_parser(sub)
     return parser
 
 

@@ -122,6 +122,18 @@ class HeadRelevance:
             raise ValueError(f"This HRV has {self.n_heads} heads in {len(self.layout())} layers but the model has "
                              f"{n} heads in {len(theirs)} layers; build or load the HRV for this model.")
 
+    def summary(self, k: int = 5, concepts: Sequence[str] | None = None) -> str:
+        """A markdown table: each concept's ``k`` most relevant heads (``layer/head: value``) and words."""
+        from ..core.layers import LayerInfo
+
+        lines = [f"| concept | top {k} heads | example words |", "|---|---|---|"]
+        for concept in self.concepts if concepts is None else concepts:
+            row = self.row(concept)
+            heads = ", ".join(f"{LayerInfo(self.heads[h][0], 0, 0).short_name}/{self.heads[h][1]}: {row[h]:.2f}"
+                              for h in self.top_heads(concept, min(k, self.n_heads)))
+            lines.append(f"| {concept} | {heads} | {', '.join(self.words.get(concept, []))} |")
+        return "\n".join(lines)
+
     # -- files ---------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Save as ``path/attnscope.json`` + ``path/tensors.safetensors`` (atomic); ``attnscope.load`` reads it."""

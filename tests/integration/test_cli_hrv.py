@@ -1,0 +1,32 @@
+"""``attnscope hrv build|merge|show`` on the shipped model, and bad input as one-line errors."""
+
+import pytest
+
+import attnscope
+from attnscope.cli import main
+
+
+def test_build_shards_merge_and_show(tmp_path, capsys):
+    for part in (0, 1):
+        assert main(["hrv", "build", "--n", "2", "--steps", "1", "--shard", f"{part}/2",
+                     "--out", str(tmp_path / f"part{part}")]) == 0
+    assert main(["hrv", "merge", str(tmp_path / "part0"), str(tmp_path / "part1"), "--out", str(tmp_path / "all")]) == 0
+    hrv = attnscope.load(tmp_path / "all")
+    assert hrv.concepts == ["colour", "shape", "size", "relation"] and hrv.meta["done"] == [0, 1]
+    capsys.readouterr()
+    assert main(["hrv", "show", str(tmp_path / "all"), "--top", "2", "--concept", "shape"]) == 0
+    shown = capsys.readouterr().out
+    assert "| shape |" in shown and "| colour |" not in shown
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["hrv", "build", "--shard", "2/2", "--out", "x"], "I must lie in 0..N-1"),
+    (["hrv", "build", "--steps", "0", "--out", "x"], "--steps must be at least 1"),
+    (["hrv", "build", "--concepts", "nope.json", "--out", "x"], "use one of ('shapes', 'default')"),
+    (["hrv", "build", "--model", "some/model", "--out", "x"], "--prompts FILE"),
+    (["hrv", "show", "no-such-folder"], "is not an attnscope result"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
