@@ -33,6 +33,12 @@ def test_load_pipeline_passes_the_absent_components(sd3_folder):
     assert pipe("a red circle", num_inference_steps=1, output_type="np").images.shape == (1, 64, 64, 3)
 
 
-def test_load_pipeline_refuses_a_pipeline_it_cannot_trace(sd3_folder):
-    with pytest.raises(UnsupportedPipelineError):  # attnscope cannot trace SD3 yet: refused before any work
+def test_load_pipeline_refuses_a_pipeline_it_cannot_trace(sd3_folder, monkeypatch):
+    import attnscope.adapters as adapters
+    from attnscope.adapters.sd3 import SD3Adapter
+    from attnscope.adapters.unet import UNetAdapter
+
+    assert isinstance(adapters.adapter_for(load_pipeline(str(sd3_folder), device="cpu", dtype="float32")), SD3Adapter)
+    monkeypatch.setattr(adapters, "_builtin", lambda: [UNetAdapter])  # a build without the MM-DiT adapters
+    with pytest.raises(UnsupportedPipelineError):  # refused before any work
         load_pipeline(str(sd3_folder), device="cpu", dtype="float32")

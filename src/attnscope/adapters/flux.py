@@ -78,8 +78,9 @@ class FluxAdapter(MMDiTAdapter):
         return ("call pipe.transformer.set_attn_processor(FluxAttnProcessor()) "
                 "(from diffusers.models.transformers.transformer_flux) before tracing.")
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        embeds, _, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts)
+    def encode_prompts(self, prompts: list[str], lengths: dict[str, int] | None = None) -> torch.Tensor:
+        extra = {"max_sequence_length": lengths["t5"]} if lengths and "t5" in lengths else {}
+        embeds, _, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, **extra)
         return embeds
 
     # -- the text stream: concept tokens sit at the text tokens' position ---------------------------------

@@ -125,12 +125,13 @@ class MMDiTAdapter(Adapter):
         return int(getattr(self.pipe, "vae_scale_factor", 1) or 1) * self.patch_size()
 
     # -- prompts ---------------------------------------------------------------------------------
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], lengths: dict[str, int] | None = None) -> torch.Tensor:
         """``(prompts, text tokens, joint_attention_dim)``: the features the pipeline feeds the
-        transformer's context embedder for ``prompts`` (no guidance)."""
+        transformer's context embedder for ``prompts`` (no guidance); ``lengths``: ids per prompt
+        segment (by name) where the pipeline lets them be chosen (its T5 ``max_sequence_length``)."""
         raise NotImplementedError
 
-    def encode_words(self, words: list[str]) -> tuple[torch.Tensor, list[SegmentIds]]:
+    def encode_words(self, words: list[str], lengths: dict[str, int] | None = None) -> tuple[torch.Tensor, list[SegmentIds]]:
         """Encode ``words`` as prompts of one word each; returns their features and the ids every
         prompt segment's encoder saw (read with temporary forward pre-hooks)."""
         seen: dict[str, torch.Tensor] = {}
@@ -149,32 +150,43 @@ class MMDiTAdapter(Adapter):
                 handles.append(seg.encoder.register_forward_pre_hook(recorder(seg.name), with_kwargs=True))
         try:
             with torch.no_grad():
-                features = self.encode_prompts(list(words))
+                features = self.encode_prompts(list(words), lengths or {})
         finally:
             for handle in handles:
                 handle.remove()
         return features, [SegmentIds(s.name, s.tokenizer, seen[s.name]) for s in segments if s.name in seen]
 
-    def concept_tokens(self, words: list[str]) -> ConceptTokens:
+    def check_words(self, words: list[str]) -> None:
+        """Raise :class:`ConceptEncodingError` (one line) for a word that a prompt tokenizer maps to
+        its unknown token or to no token at all; tokenizers only, no encoder runs."""
+        for seg in self.prompt_segments():
+            tokenizer = seg.tokenizer
+            unknown = getattr(tokenizer, "unk_token_id", None)
+            framing = {getattr(tokenizer, f"{t}_token_id", None) for t in ("bos", "eos", "pad")}
+            for word in words:
+                ids = tokenizer(word).input_ids
+                if unknown not in framing and unknown in ids:
+                    raise ConceptEncodingError(f"Concept {word!r} contains characters the {seg.name} tokenizer cannot "
+                                               f"encode (it becomes {tokenizer.unk_token}); use another word.")
+                if all(i in tokenizer.all_special_ids for i in ids):
+                    raise ConceptEncodingError(f"Concept {word!r} encodes to no token; use a non-empty word.")
+
+    def concept_tokens(self, words: list[str], lengths: dict[str, int] | None = None) -> ConceptTokens:
         """Every token of every word, in every prompt segment (SD3: its CLIP and its T5 tokens).
 
-        A word is encoded as a prompt on its own, as the pipeline would encode it, and all its content
-        tokens are kept (none is cut): start, end and padding positions are dropped. A word that a
-        tokenizer maps to its unknown token, or to nothing, raises :class:`ConceptEncodingError`.
+        A word is encoded as a prompt on its own, as the pipeline encodes a prompt (with ``lengths``:
+        padded to the same lengths as the traced prompt), and all its content tokens are kept (none
+        is cut): start, end and padding positions are dropped.
         """
-        features, segments = self.encode_words(words)
+        self.check_words(words)
+        features, segments = self.encode_words(words, lengths)
         rows, owner, strings, sources = [], [], [], []
-        for w, word in enumerate(words):
+        for w in range(len(words)):
             start = 0
             for seg in segments:
                 ids = seg.ids[w].tolist()
                 tokens = seg.tokenizer.convert_ids_to_tokens(ids)
                 special = seg.special()
-                unknown = getattr(seg.tokenizer, "unk_token_id", None)
-                if unknown is not None and unknown in ids[: content_end(ids, seg.tokenizer)]:
-                    raise ConceptEncodingError(
-                        f"Concept {word!r} contains characters the {seg.name} tokenizer cannot encode "
-                        f"(it becomes {seg.tokenizer.unk_token}); use another word.")
                 content = [i for i in range(content_end(ids, seg.tokenizer)) if tokens[i] not in special]
                 for i in content:
                     rows.append(features[w, start + i])
@@ -182,8 +194,6 @@ class MMDiTAdapter(Adapter):
                     strings.append(tokens[i])
                     sources.append(seg.name)
                 start += seg.length
-            if w not in owner:
-                raise ConceptEncodingError(f"Concept {word!r} encodes to no token at all; use a non-empty word.")
         return ConceptTokens(torch.stack(rows), owner, strings, sources)
 
     # -- the text stream of a joint block ----------------------------------------------------------

@@ -52,7 +52,8 @@ class SD3Adapter(MMDiTAdapter):
         return ("call pipe.transformer.set_attn_processor(JointAttnProcessor2_0()) "
                 "(from diffusers.models.attention_processor) before tracing.")
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], lengths: dict[str, int] | None = None) -> torch.Tensor:
+        extra = {"max_sequence_length": lengths["t5"]} if lengths and "t5" in lengths else {}
         embeds, _, _, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, prompt_3=prompts,
-                                                  do_classifier_free_guidance=False)
+                                                  do_classifier_free_guidance=False, **extra)
         return embeds

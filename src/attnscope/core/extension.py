@@ -15,6 +15,9 @@ What the core offers an extension (all on :class:`~attnscope.core.trace.Trace`):
 - ``trace.active_generation()``: the :class:`~attnscope.core.store.Generation` being recorded, or
   None when the current denoising call is outside ``steps=``; an extension stores its results in
   ``generation.extras[name]``;
+- ``trace.paused()``: a context in which the pipeline's text encoders may run without their ids
+  being taken for the prompt (ConceptAttention encodes its concepts at the first denoising call,
+  padded like the traced prompt);
 - ``trace.adapter``: the family's adapter (image rows, prompt keys, block conditioning …).
 
 Hooks an extension registers on the denoiser run after the core's, so the generation of the

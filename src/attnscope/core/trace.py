@@ -16,6 +16,7 @@ SDPA call. All hooks are removed when the block exits, also when the pipeline ra
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -80,6 +81,7 @@ class Trace:
         self._handles: list = []
         self._grid_latent: dict = {}
         self._active = False
+        self._paused = False
         self.extensions = self._make_extensions(extensions)
 
     def _make_extensions(self, options: dict) -> list:
@@ -164,7 +166,18 @@ class Trace:
         every forward of ``module`` (an :class:`~attnscope.core.tap.OutputTap`); removed on exit."""
         tap = OutputTap(observer)
         self.hook(module.register_forward_pre_hook(self._enter_hook(tap)))
-        self.hook(module.register_forward_hook(self._leave_hook(tap, layer), always_call=True))
+        # modes leave in the reverse order they entered: this tap is inside any the core put on the module
+        self.hook(module.register_forward_hook(self._leave_hook(tap, layer), always_call=True, prepend=True))
+
+    @contextmanager
+    def paused(self):
+        """Run pipeline modules (an extension encoding its own words) without recording their inputs
+        as the prompt: the text-encoder hooks ignore calls made inside this block."""
+        before, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = before
 
     def active_generation(self) -> Generation | None:
         """The generation being recorded, if the current denoising call is one the trace reads."""
@@ -206,14 +219,14 @@ class Trace:
     # -- hooks -----------------------------------------------------------------------------------
     def _on_encoder(self, module, args, kwargs) -> None:
         ids = args[0] if args else kwargs.get("input_ids")
-        if self._pending_ids is None and torch.is_tensor(ids):
+        if self._pending_ids is None and torch.is_tensor(ids) and not self._paused:
             self._pending_ids = ids.detach().to("cpu")
             self._warn_if_cut(self._pending_ids)
 
     def _segment_hook(self, name: str):
         def hook(module, args, kwargs) -> None:
             ids = args[0] if args else kwargs.get("input_ids")
-            if name not in self._pending_segments and torch.is_tensor(ids):
+            if name not in self._pending_segments and torch.is_tensor(ids) and not self._paused:
                 self._pending_segments[name] = ids.detach().to("cpu")
 
         return hook

@@ -7,7 +7,7 @@ Every method is a :class:`~attnscope.methods.base.Method` whose call returns a t
 
 Example:
     >>> available_methods()
-    ['daam', 'hrv-weighted', 'selective', 'selective-bottom']
+    ['concept_attention', 'daam', 'hrv-weighted', 'selective', 'selective-bottom']
     >>> get_method("daam")
     DAAM()
 """
@@ -18,12 +18,32 @@ import os
 
 from ..hrv.vectors import HeadRelevance
 from .base import MapResult, Method
+from .concept_attention import ConceptAttention, ConceptAttentionResult
+from .concept_stream import ConceptStream
 from .daam import DAAM, DAAMResult
 from .selective import HRVWeighted, SelectiveBottom, SelectiveHeads, SelectiveResult
 
 _METHODS: dict[str, type[Method]] = {m.name: m for m in (DAAM, SelectiveHeads, SelectiveBottom, HRVWeighted)}
 _RESULTS: dict[str, type[MapResult]] = {DAAMResult.kind: DAAMResult, SelectiveResult.kind: SelectiveResult,
                                         HeadRelevance.kind: HeadRelevance}  # head relevance vectors load by kind too
+_METHODS[ConceptAttention.name] = ConceptAttention
+_RESULTS[ConceptAttentionResult.kind] = ConceptAttentionResult
+#: Options that methods add to ``attnscope.trace``: option name -> TraceExtension class.
+_TRACE_OPTIONS: dict[str, type] = {"concepts": ConceptStream}
+
+
+def register_trace_option(option: str, extension: type) -> None:
+    """Make ``attnscope.trace(pipe, option=value)`` build ``extension(trace, value)`` (a
+    :class:`~attnscope.core.extension.TraceExtension`) — how a method adds work to a trace."""
+    _TRACE_OPTIONS[option] = extension
+
+
+def trace_extension(option: str) -> type:
+    """The extension class behind a trace option, or a one-line TypeError naming the valid options."""
+    if option not in _TRACE_OPTIONS:
+        raise TypeError(f"trace() got an unknown option {option!r}; besides its own options it accepts "
+                        f"{', '.join(sorted(_TRACE_OPTIONS))} (added by methods).")
+    return _TRACE_OPTIONS[option]
 
 
 def register_method(method: type[Method]) -> type[Method]:
@@ -64,4 +84,5 @@ def load(path: str | os.PathLike) -> MapResult:
         raise ResultFileError(f"{path}: {err}") from None
 
 
-__all__ = ["DAAM", "DAAMResult", "MapResult", "Method", "available_methods", "get_method", "load", "register_method"]
+__all__ = ["ConceptAttention", "ConceptAttentionResult", "DAAM", "DAAMResult", "MapResult", "Method",
+           "register_trace_option", "trace_extension", "available_methods", "get_method", "load", "register_method"]
