@@ -78,22 +78,30 @@ class SDPACall:
         """The unmodified call's output (outer modes, e.g. a trace's tap, see this call)."""
         return self.func(*self.args, **self.kwargs)
 
-    def probabilities(self, rows: slice | int, heads: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 ``softmax(q kᵀ · scale + mask)`` of batch ``rows`` (and ``heads``): ``(..., queries, keys)``.
+    def scores(self, rows: slice | int, heads: torch.Tensor | None = None, key_major: bool = False) -> torch.Tensor:
+        """float32 ``q kᵀ · scale + mask`` of batch ``rows`` (and ``heads``): ``(..., queries, keys)``, or
+        ``(..., keys, queries)`` with ``key_major`` (faster to reduce over keys: the reduction then runs
+        along contiguous query rows).
 
         Differentiable: gradients flow to q and k when they require them.
         """
         q, k, mask = self.query[rows], self.key[rows], self.mask
-        if heads is not None:
+        if heads is not None and len(heads) != q.shape[-3]:
             q, k = q.index_select(-3, heads), k.index_select(-3, heads)
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale
+        k = k.float() * self.scale
+        scores = torch.matmul(k, q.float().transpose(-1, -2)) if key_major else torch.matmul(q.float(), k.transpose(-1, -2))
         if mask is not None:
             if mask.dim() == 4 and mask.shape[0] == self.query.shape[0]:
                 mask = mask[rows]
             if heads is not None and mask.dim() >= 3 and mask.shape[-3] == self.query.shape[1]:
                 mask = mask.index_select(-3, heads)
+            mask = mask.transpose(-1, -2) if key_major and mask.dim() >= 2 else mask
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-        return scores.softmax(dim=-1)
+        return scores
+
+    def probabilities(self, rows: slice | int, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention probabilities ``softmax(scores)`` of :meth:`scores`' rows and heads."""
+        return self.scores(rows, heads).softmax(dim=-1)
 
 
 Handler = Callable[[LayerInfo, CallState, SDPACall], "torch.Tensor | None"]

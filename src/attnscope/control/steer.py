@@ -96,16 +96,26 @@ class Steering(LayerHooks):
 
 
 def _rescaled(call: SDPACall, rows: slice, heads: list[int], grid: torch.Tensor) -> torch.Tensor:
-    """The SDPA output with ``((W − 1) ⊙ A) V`` added to ``heads`` of the conditional ``rows``."""
+    """The SDPA output with ``((W − 1) ⊙ A) V`` added to ``heads`` of the conditional ``rows``.
+
+    Only the key columns some weight touches are needed: ``A[..., T] = exp(scores[..., T] − logsumexp)``.
+    """
     out = call.original()
     if out.requires_grad:
         out = out.clone()
     index = torch.tensor(heads, device=out.device)
-    probs = call.probabilities(rows, index)
-    v = call.value[rows].index_select(1, index).float()
-    excess = (grid.to(probs.device) - 1.0).unsqueeze(-2)  # (images, heads, 1, keys)
-    delta = torch.matmul(probs * excess, v)
-    out[rows, index] += delta.to(out.dtype)
+    excess = grid.to(out.device) - 1.0                                   # (images, heads, keys)
+    columns = excess.ne(0).any(dim=1).any(dim=0).nonzero().flatten()
+    scores = call.scores(rows, index, key_major=True)                   # (images, heads, keys, queries)
+    probs = (scores.index_select(-2, columns) - scores.logsumexp(dim=-2, keepdim=True)).exp()
+    probs = probs * excess.index_select(-1, columns).unsqueeze(-1)
+    every_head = len(heads) == out.shape[1]
+    value = call.value[rows] if every_head else call.value[rows].index_select(1, index)
+    delta = torch.matmul(probs.transpose(-1, -2), value.index_select(-2, columns).float()).to(out.dtype)
+    if every_head:
+        out[rows] += delta
+    else:
+        out[rows, index] += delta
     return out
 
 

@@ -82,10 +82,14 @@ class VoteCounter:
             table = self.tables[layer.name]
             index, valid, mean = (t.to(table.device) for t in self._draw)
             query = call.query[state.conditional_rows()].float()                 # (n, H, P, d)
-            keys = table[:, index].transpose(0, 1)                               # (n, H, L, d)
-            scores = torch.matmul(query, keys.transpose(-1, -2)).mul_(call.scale)  # (n, H, P, L)
-            scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
-            per_token = scores.softmax(dim=-1).mean(dim=2)                       # (n, H, L)
+            keys = table[:, index].transpose(0, 1).mul(call.scale)               # (n, H, L, d)
+            # key-major scores (n, H, L, P): the softmax over keys and the mean over pixels run along
+            # contiguous pixel rows
+            probs = torch.matmul(keys, query.transpose(-1, -2))
+            probs.masked_fill_(~valid[:, None, :, None], float("-inf"))
+            probs.sub_(probs.amax(dim=-2, keepdim=True)).exp_()
+            probs.div_(probs.sum(dim=-2, keepdim=True))
+            per_token = probs.mean(dim=-1)                                       # (n, H, L)
             per_concept = torch.einsum("nhl,nlc->nhc", per_token, mean)
             votes = torch.nn.functional.one_hot(per_concept.argmax(-1), len(self.concepts)).sum(0)  # (H, C)
             self.counts[:, layer.head_offset : layer.head_offset + layer.heads] += votes.T.cpu()
