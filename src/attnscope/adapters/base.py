@@ -119,6 +119,15 @@ class Adapter:
 
     def denoise_once(self, noisy: torch.Tensor, timestep: Any, prompts: list[str]) -> None:
         """One conditional denoiser call on ``noisy`` for ``prompts`` (no guidance), for tracing."""
+        self.denoise_call(noisy, timestep, self.condition(prompts))
+
+    def condition(self, prompts: list[str]) -> dict:
+        """The denoiser's prompt inputs for ``prompts`` (no guidance), encoded once for several calls."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a single denoising pass yet.")
+
+    def denoise_call(self, noisy: torch.Tensor, timestep: Any, condition: dict) -> None:
+        """One denoiser call on ``noisy`` latents (as :meth:`encode_images` gives them) with the
+        prompt inputs of :meth:`condition`."""
         raise NotImplementedError(f"{type(self).__name__} cannot run a single denoising pass yet.")
 
     def latent_hw(self, sample: torch.Tensor) -> tuple[int, int]:

@@ -83,6 +83,42 @@ class FluxAdapter(MMDiTAdapter):
         embeds, _, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, **extra)
         return embeds
 
+    # -- one denoising pass on given images ---------------------------------------------------------------
+    def condition(self, prompts: list[str]) -> dict:
+        """Prompt inputs, and the guidance the pipeline applies by default (guidance-distilled models)."""
+        import inspect
+
+        with torch.no_grad():
+            embeds, pooled, text_ids = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts)
+        condition = {"encoder_hidden_states": embeds, "pooled_projections": pooled, "txt_ids": text_ids}
+        if self.pipe.transformer.config.guidance_embeds:
+            scale = inspect.signature(type(self.pipe).__call__).parameters["guidance_scale"].default
+            condition["guidance"] = torch.full((embeds.shape[0],), float(scale), device=embeds.device)
+        return condition
+
+    def pack_latents(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens, img_ids)``: latents ``(n, c, h, w)`` cut into ``pack × pack`` squares, row-major,
+        each flattened channel-major, and every token's ``(0, row, column)``."""
+        n, c, h, w = latents.shape
+        p = self.patch_size()
+        squares = latents.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        tokens = squares.reshape(n, (h // p) * (w // p), c * p * p)
+        rows, cols = torch.meshgrid(torch.arange(h // p), torch.arange(w // p), indexing="ij")
+        img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).to(latents)
+        return tokens, img_ids
+
+    def denoise_call(self, noisy: torch.Tensor, sigma: float, condition: dict) -> None:
+        """Pack ``noisy`` ``(n, c, h, w)`` into ``pack × pack`` tokens (row-major, as the pipelines do)
+        with their ``img_ids``, and call the transformer at ``t = σ``."""
+        n = noisy.shape[0]
+        tokens, img_ids = self.pack_latents(noisy)
+        extra = dict(condition)
+        if "guidance" in extra:
+            extra["guidance"] = extra["guidance"].to(noisy)
+        t = torch.full((n,), sigma, device=noisy.device, dtype=noisy.dtype)
+        with torch.no_grad():
+            self.pipe.transformer(hidden_states=tokens, timestep=t, img_ids=img_ids, return_dict=False, **extra)
+
     # -- the text stream: concept tokens sit at the text tokens' position ---------------------------------
     def block_conditioning(self, args: tuple, kwargs: dict) -> dict:
         rotary = kwargs["image_rotary_emb"] if "image_rotary_emb" in kwargs else (args[3] if len(args) > 3 else None)

@@ -124,6 +124,20 @@ class MMDiTAdapter(Adapter):
     def size_multiple(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 1) or 1) * self.patch_size()
 
+    # -- one denoising pass on given images (real images) --------------------------------------------
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Latents of images in [-1, 1] ``(n, 3, H, W)``: the VAE's mean, shifted and scaled as the
+        pipelines undo it before decoding."""
+        vae = self.pipe.vae
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mean
+        return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+    def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, level: float):
+        """Flow matching: ``x = (1 - σ)·latents + σ·noise`` at ``σ = level``; returns ``(x, σ)``."""
+        sigma = float(level)
+        return (1 - sigma) * latents + sigma * noise.to(latents), sigma
+
     # -- prompts ---------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str], lengths: dict[str, int] | None = None) -> torch.Tensor:
         """``(prompts, text tokens, joint_attention_dim)``: the features the pipeline feeds the

@@ -57,3 +57,16 @@ class SD3Adapter(MMDiTAdapter):
         embeds, _, _, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, prompt_3=prompts,
                                                   do_classifier_free_guidance=False, **extra)
         return embeds
+
+    def condition(self, prompts: list[str]) -> dict:
+        with torch.no_grad():
+            embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, prompt_3=prompts,
+                                                           do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+    def denoise_call(self, noisy: torch.Tensor, sigma: float, condition: dict) -> None:
+        """SD3's pipelines call the transformer at ``t = σ · num_train_timesteps``."""
+        steps = self.pipe.scheduler.config.num_train_timesteps
+        t = torch.full((noisy.shape[0],), sigma * steps, device=noisy.device, dtype=noisy.dtype)
+        with torch.no_grad():
+            self.pipe.transformer(hidden_states=noisy, timestep=t, return_dict=False, **condition)

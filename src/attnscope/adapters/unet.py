@@ -101,10 +101,14 @@ class UNetAdapter(Adapter):
         steps = torch.full((latents.shape[0],), timestep, device=latents.device)
         return scheduler.add_noise(latents, noise.to(latents), steps), timestep
 
-    def denoise_once(self, noisy: torch.Tensor, timestep, prompts: list[str]) -> None:
+    def condition(self, prompts: list[str]) -> dict:
         if getattr(self.pipe, "text_encoder_2", None) is not None:
             raise NotImplementedError("One-pass denoising of real images supports Stable Diffusion 1.x / 2.x "
                                       "pipelines; SDXL's added conditioning is not wired yet.")
         with torch.no_grad():
-            embeds, _ = self.pipe.encode_prompt(prompts, noisy.device, 1, False)
-            self.pipe.unet(noisy, timestep, embeds)
+            embeds, _ = self.pipe.encode_prompt(prompts, self.pipe.unet.device, 1, False)
+        return {"encoder_hidden_states": embeds}
+
+    def denoise_call(self, noisy: torch.Tensor, timestep, condition: dict) -> None:
+        with torch.no_grad():
+            self.pipe.unet(noisy, timestep, condition["encoder_hidden_states"])

@@ -16,6 +16,7 @@ from .common import CLIError, HelpFormatter
 
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_compare_parser, add_eval_parser
+    from .explain import add_explain_parser
     from .generate import add_generate_parser
     from .hrv import add_hrv_parser
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_compare_parser(sub)
     add_hrv_parser(sub)
+    add_explain_parser(sub)
     return parser
 
 
