@@ -369,6 +369,12 @@ def trace(pipe: Any, **options) -> Trace:
         cfg: override the detection of a classifier-free-guidance batch.
         profile: time attnscope's own hooks per denoising call (``tc.profile.summary()``; see
             :mod:`attnscope.core.profile`); off by default, and free when off.
+        concepts (and any other option a method registers): handed to that method's trace
+            extension (:mod:`attnscope.core.extension`); ``concepts=["cat", "sky"]`` runs
+            ConceptAttention's concept stream on SD3 / Flux (read with ``tc.concept_attention()``).
+
+    Joint attention (SD3, Flux): the image queries' probabilities over the prompt keys are read,
+    normalised over all keys as the model computes them; see ``docs/mmdit.md``.
 
     Returns:
         A :class:`Trace`; use it as a context manager, then read it with a method:
