@@ -196,3 +196,15 @@ def test_bad_input_is_one_line(sd_pipe, flux_pipe):
         run(flux_pipe, steps=1)
     with pytest.raises(RuntimeError, match="concepts=") as err:
         tc.concept_attention()
+
+
+def test_no_hook_survives_an_exception(flux_pipe):
+    def boom(pipe, step, timestep, kwargs):
+        raise RuntimeError("boom")
+
+    modules = list(flux_pipe.transformer.modules())
+    with pytest.raises(RuntimeError, match="boom"):
+        with attnscope.trace(flux_pipe, concepts=CONCEPTS):
+            run(flux_pipe, callback_on_step_end=boom)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules) == 0
+    assert torch._C._len_torch_function_stack() == 0
