@@ -218,8 +218,8 @@ def diagnose(result: SelectiveResult, word: str, image: int = 0, *, k: int | Non
     concept = concept if concept is not None else result.concept_for(word)
     n = result.n_selected(k)
     panels = []
-    for mode, label in (("top", "most"), ("bottom", "least")):
+    for mode in ("top", "bottom"):
         soft = result.soft(word, image, mode=mode, k=n, concept=concept)
-        panels.append((soft, f"{word}: {n} {label} {concept} heads"))
+        panels.append((soft, f"{word}: {mode} {n} {concept} heads"))
     base = None if result.images is None else result.images[result.check_image(image)].numpy()
     return side_by_side(base, panels)

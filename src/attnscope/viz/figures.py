@@ -77,5 +77,5 @@ def line_chart(series: dict, *, x_label: str = "", y_label: str = "", title: str
             draw.line(points, fill=colour, width=2)
         for px, py in points:
             draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=colour)
-        draw.text((right - 110, top + 4 + 12 * i), label, fill=colour)
+        draw.text((right - 70 * (len(series) - i), height - 14), label, fill=colour)  # legend under the axis
     return canvas
