@@ -112,3 +112,11 @@ def test_sdxl_and_unguided_pipelines_steer(sdxl_pipe, sd_pipe):
     unguided = run(sd_pipe, weaken(heads=[]), guidance_scale=1.0)
     assert not np.allclose(unguided, run(sd_pipe, weaken(heads=range(6)), guidance_scale=1.0), atol=1e-4)
     assert no_hooks(sdxl_pipe)
+
+
+def test_joint_attention_pipelines_are_refused_with_what_is_supported():
+    from attnscope.adapters import UnsupportedPipelineError
+    from attnscope.testing import tiny_sd3_pipeline
+
+    with pytest.raises(UnsupportedPipelineError, match="UNet pipelines"):
+        steer(tiny_sd3_pipeline(num_layers=1), weaken(heads=[0]))

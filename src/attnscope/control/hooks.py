@@ -129,11 +129,20 @@ class SDPAOverride(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+#: Denoiser families whose traced layers are pure cross-attention (keys = prompt tokens), which the
+#: edits and HRV construction assume; MM-DiT joint attention mixes image keys in.
+CROSS_ATTENTION_FAMILIES = ("unet",)
+
+
 def model_layers(pipe: Any, adapter: Any = None) -> tuple[Any, list[tuple[LayerInfo, torch.nn.Module]]]:
     """``(adapter, [(layer, module)])`` of ``pipe`` with global head offsets assigned."""
-    from ..adapters import adapter_for
+    from ..adapters import UnsupportedPipelineError, adapter_for
 
     adapter = adapter or adapter_for(pipe)
+    if adapter.family not in CROSS_ATTENTION_FAMILIES:
+        raise UnsupportedPipelineError(
+            f"Head steering and head relevance need cross-attention layers (UNet pipelines: Stable Diffusion 1.x, "
+            f"2.x, XL); {type(pipe).__name__} uses joint attention ({adapter.family}), which they do not support yet.")
     found = adapter.attention_layers()
     assign_head_offsets([info for info, _ in found])
     return adapter, found
