@@ -226,3 +226,27 @@ def test_processor_without_sdpa_is_refused_clearly(sd3_pipe):
     finally:
         sd3_pipe.transformer.set_attn_processor(JointAttnProcessor2_0())
     assert hooks_left(sd3_pipe) == 0
+
+
+@pytest.mark.parametrize("name,extra", [("flux_pipe", {"negative_prompt": "a dog", "true_cfg_scale": 2.0}),
+                                        ("sd3_pipe", {"guidance_scale": 4.0, "skip_guidance_layers": [1],
+                                                     "skip_layer_guidance_stop": 0.9})])
+def test_extra_guidance_passes_are_not_read(name, extra, request):
+    """Flux's true CFG and SD3's skip-layer guidance call the transformer twice in a step: only the
+    conditional pass is read, so step 0 equals a run without them."""
+    pipe = request.getfixturevalue(name)
+    plain = run(pipe, **extra).images
+    calls = []
+    with attnscope.trace(pipe, keep_steps=True) as tc:
+        handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+        try:
+            traced = run(pipe, **extra).images
+        finally:
+            handle.remove()
+    assert np.array_equal(plain, traced) and len(calls) > STEPS  # the extra passes ran
+    with attnscope.trace(pipe, keep_steps=True) as base:
+        run(pipe, **{k: v for k, v in extra.items() if k == "guidance_scale"})
+    heat, ref = tc.daam(), base.daam()
+    assert heat.meta["steps_read"] == list(range(STEPS)) and len(heat.meta["timesteps"]) == STEPS
+    for layer, maps in ref.per_step.items():
+        torch.testing.assert_close(heat.per_step[layer][0], maps[0], atol=1e-6, rtol=1e-5)

@@ -83,6 +83,12 @@ class Adapter:
         """
         return slice(0, queries), slice(0, keys)
 
+    def is_extra_call(self, args: tuple, kwargs: dict, timestep: float | None, previous: float | None) -> bool:
+        """Whether a denoiser call is an extra pass of the step just read (``previous``: that call's
+        timestep, None at a generation's first call) that the trace must skip: Flux's true-CFG pass
+        on the negative prompt, SD3's skip-layer-guidance pass. Default: no call is extra."""
+        return False
+
     def layer_grid(self, layer: LayerInfo, pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
         """``(height, width, factor)`` of ``layer``'s query grid when it sees ``pixels`` queries on a
         latent of ``latent_hw`` (factor: the latent's down-sampling at that layer)."""

@@ -31,6 +31,7 @@ class FluxAdapter(MMDiTAdapter):
     def __init__(self, pipe: Any):
         super().__init__(pipe)
         self._grid: tuple[int, int] | None = None
+        self._prompt: int | None = None  # the text features of the last call read (their storage)
 
     @classmethod
     def supports(cls, pipe: Any) -> bool:
@@ -66,6 +67,16 @@ class FluxAdapter(MMDiTAdapter):
         if torch.is_tensor(timestep):
             timestep = float(timestep.flatten()[0]) if timestep.numel() else None
         return sample, (None if timestep is None else float(timestep))
+
+    def is_extra_call(self, args: tuple, kwargs: dict, timestep, previous) -> bool:
+        """True CFG calls the transformer a second time at the same timestep with the negative
+        prompt's features: same timestep, other text features (one-pass noise draws keep theirs)."""
+        text = kwargs.get("encoder_hidden_states")
+        prompt = text.data_ptr() if torch.is_tensor(text) else None
+        extra = previous is not None and timestep == previous and prompt != self._prompt
+        if not extra:
+            self._prompt = prompt
+        return extra
 
     def latent_hw(self, sample: torch.Tensor) -> tuple[int, int]:
         """The unpacked latent's size: the token grid of the call's ``img_ids`` times the pack."""

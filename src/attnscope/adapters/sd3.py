@@ -48,6 +48,10 @@ class SD3Adapter(MMDiTAdapter):
             timestep = float(timestep.flatten()[0]) if timestep.numel() else None
         return sample, (None if timestep is None else float(timestep))
 
+    def is_extra_call(self, args: tuple, kwargs: dict, timestep, previous) -> bool:
+        """Skip-layer guidance re-runs the step with some blocks skipped (``skip_layers``)."""
+        return bool(kwargs.get("skip_layers"))
+
     def processor_hint(self) -> str:
         return ("call pipe.transformer.set_attn_processor(JointAttnProcessor2_0()) "
                 "(from diffusers.models.attention_processor) before tracing.")

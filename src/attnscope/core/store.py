@@ -50,6 +50,7 @@ class Generation:
     head_index: dict = field(default_factory=dict)
     per_step: dict = field(default_factory=dict)
     images: torch.Tensor | None = None
+    skipping: bool = False
     segments: list[SegmentIds] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
     _decoded: list = field(default_factory=list)
@@ -134,9 +135,11 @@ class Generation:
     def begin_call(self, timestep: float | None) -> None:
         self.call_index += 1
         self.timesteps.append(timestep)
+        self.skipping = False
 
     def accepts_step(self, steps: range | None) -> bool:
-        return steps is None or self.call_index in steps
+        """Whether the current denoiser call is read (never an extra guidance pass: ``skipping``)."""
+        return not self.skipping and (steps is None or self.call_index in steps)
 
     def accumulate(self, layer: LayerInfo, heads: list[int], probs: torch.Tensor) -> None:
         """Add one call's conditional probabilities ``(images, heads, tokens, pixels)``."""

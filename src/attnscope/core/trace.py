@@ -252,6 +252,10 @@ class Trace:
                 gen.closed = True
             gen = self._new_generation(sample)
             self.generations.append(gen)
+        previous = gen.timesteps[-1] if gen.timesteps else None
+        if self.adapter.is_extra_call(args, kwargs, timestep, previous):
+            gen.skipping = True  # a guidance pass of the same step (Flux's true CFG, SD3's skip-layer guidance)
+            return
         gen.begin_call(timestep)
 
     def _new_generation(self, sample: torch.Tensor) -> Generation:
