@@ -30,3 +30,24 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_generate_strengthens_and_adjusts_with_a_saved_hrv(tmp_path, capsys):
+    import json
+
+    assert main(["hrv", "build", "--n", "2", "--steps", "1", "--out", str(tmp_path / "hrv")]) == 0
+    base = ["generate", "a red circle", "--steps", "2", "--hrv", str(tmp_path / "hrv")]
+    assert main(base + ["--strengthen", "circle:shape", "--adjust", "red:+colour:-shape",
+                        "--out", str(tmp_path / "steered")]) == 0
+    record = json.loads((tmp_path / "steered" / "record.json").read_text())
+    assert record["steering"] == [["strengthen", "circle", "shape", None], ["adjust", "red", "colour", "shape"]]
+    capsys.readouterr()
+    for extra, message in ((["--strengthen", "circle"], "is not WORD:CONCEPT"),
+                           (["--adjust", "red:colour:shape"], "is not WORD:+WANTED:-UNWANTED"),
+                           (["--strengthen", "square:shape"], "'square' is not in the prompt; its words are: a red circle"),
+                           (["--strengthen", "circle:texture"], "unknown concept 'texture'; the HRV has: colour, shape")):
+        assert main(base + extra + ["--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--steps", "1", "--strengthen", "circle:shape",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "give --hrv FOLDER" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..methods.base import DEFAULT_THRESHOLD
 from ..pipelines import DTYPES
 from .common import CLIError, HelpFormatter
+from .steering import add_steering_options, check_steering, steering_for
 
 #: Words left out of the default word list (``--words`` overrides it).
 STOPWORDS = frozenset("a an the of and or to in on at with by for from is are".split())
@@ -130,6 +131,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..core.trace import trace
 
     check_options(args)
+    check_steering(args)
     defaults = settings_of(args.model)
     steps = args.steps if args.steps is not None else defaults.get("num_inference_steps", 20)
     guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale", 7.5)
@@ -143,10 +145,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"attnscope: note: the prompt is longer than the model's {context}-token context; cut: "
               f"{' '.join(w.text for w in cut)}", file=sys.stderr)
 
+    steering, steered = steering_for(args, pipe, kept)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    with trace(pipe) as tc:
+    with trace(pipe) as tc, steering:
         out = pipe(args.prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **size)
-    heat = tc.daam(seed=args.seed, guidance_scale=guidance, steps=steps, prompt=args.prompt)
+    heat = tc.daam(seed=args.seed, guidance_scale=guidance, steps=steps, prompt=args.prompt, **steered)
     write_outputs(Path(args.out), heat, out.images[0], words, args.threshold)
     print(f"wrote {args.out}: image.png, {len(words)} overlay(s), maps and record.json")
     return 0
@@ -211,4 +214,5 @@ def add_generate_parser(sub) -> None:
     gen.add_argument("--out", default="attnscope-out", help="output folder")
     gen.add_argument("--device", help="cpu, cuda, cuda:1, mps … (default: cuda if available)")
     gen.add_argument("--dtype", choices=DTYPES, help="default: float16 on CUDA, float32 elsewhere")
+    add_steering_options(gen)
     gen.set_defaults(func=cmd_generate)
