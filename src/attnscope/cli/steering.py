@@ -16,9 +16,9 @@ from .common import CLIError
 
 def add_steering_options(parser) -> None:
     parser.add_argument("--strengthen", action="append", metavar="WORD:CONCEPT",
-                        help="scale WORD's attention per head by the HRV of CONCEPT (repeatable)")
+                        help="scale WORD's attention per head by the HRV of CONCEPT (repeatable; default: none)")
     parser.add_argument("--adjust", action="append", metavar="WORD:+WANTED:-UNWANTED",
-                        help="scale WORD's attention by 2·HRV(WANTED) − HRV(UNWANTED) (repeatable)")
+                        help="scale WORD's attention by 2·HRV(WANTED) − HRV(UNWANTED) (repeatable; default: none)")
     parser.add_argument("--hrv", help="saved head relevance vectors for --strengthen/--adjust "
                                       "(default: the model folder's hrv/)")
 
