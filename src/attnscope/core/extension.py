@@ -38,7 +38,12 @@ Example (a toy extension that counts joint-attention calls)::
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
+
+import torch
+
+from .tap import OutputTap
 
 
 class TraceExtension:
@@ -57,3 +62,35 @@ class TraceExtension:
     def install(self, trace: Any) -> None:
         """Register hooks and taps through ``trace``; called once per ``with`` block."""
         raise NotImplementedError
+
+
+class ExtensionHost:
+    """What :class:`~attnscope.core.trace.Trace` offers extensions (a mixin; the trace supplies
+    ``_handles``, ``_paused``, ``generations``, ``steps`` and its module enter/leave hooks)."""
+
+    def hook(self, handle) -> None:
+        """Keep a hook handle (from ``register_forward_*hook``) so the trace removes it on exit."""
+        self._handles.append(handle)
+
+    def tap(self, module: torch.nn.Module, layer, observer) -> None:
+        """Call ``observer(query, key, value, attn_mask, scale, output)`` after the first SDPA call of
+        every forward of ``module`` (an :class:`~attnscope.core.tap.OutputTap`); removed on exit."""
+        tap = OutputTap(observer)
+        self.hook(module.register_forward_pre_hook(self._enter_hook(tap)))
+        # modes leave in the reverse order they entered: this tap is inside any the core put on the module
+        self.hook(module.register_forward_hook(self._leave_hook(tap, layer), always_call=True, prepend=True))
+
+    @contextmanager
+    def paused(self):
+        """Run pipeline modules (an extension encoding its own words) without recording their inputs
+        as the prompt: the text-encoder hooks ignore calls made inside this block."""
+        before, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = before
+
+    def active_generation(self):
+        """The generation being recorded, if the current denoising call is one the trace reads."""
+        gen = self.generations[-1] if self.generations else None
+        return gen if gen is not None and not gen.closed and gen.accepts_step(self.steps) else None

@@ -16,16 +16,16 @@ SDPA call. All hooks are removed when the block exits, also when the pipeline ra
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from .extension import ExtensionHost
 from .layers import LayerInfo, assign_head_offsets, select_layers
 from .profile import HookProfile
 from .prompt import SegmentIds
 from .store import Generation
-from .tap import AttentionTap, OutputTap, ProfiledTap, attention_probs
+from .tap import AttentionTap, ProfiledTap, attention_probs
 
 
 def _as_step_filter(steps) -> range | None:
@@ -38,8 +38,11 @@ def _as_step_filter(steps) -> range | None:
     raise ValueError(f"steps={steps!r} is not understood; pass a range, a slice or a (start, stop) pair.")
 
 
-class Trace:
-    """The live trace returned by :func:`trace`; holds one :class:`Generation` per pipeline call."""
+class Trace(ExtensionHost):
+    """The live trace returned by :func:`trace`; holds one :class:`Generation` per pipeline call.
+
+    What it offers trace extensions (``hook``, ``tap``, ``paused``, ``active_generation``) is in
+    :class:`~attnscope.core.extension.ExtensionHost`."""
 
     def __init__(
         self,
@@ -87,7 +90,7 @@ class Trace:
     def _make_extensions(self, options: dict) -> list:
         """Trace options that methods add (``concepts=`` of ConceptAttention): each names a
         :class:`~attnscope.core.extension.TraceExtension` registered by a method; the core only
-        installs it and gives it hooks, an SDPA tap and the current generation."""
+        creates and installs it."""
         if not options:
             return []
         from ..methods import trace_extension  # the registry, by name: the core knows no method
@@ -155,34 +158,6 @@ class Trace:
             self._handles.append(module.register_forward_hook(timed(self._leave_hook(tap, layer)), always_call=True))
         for extension in self.extensions:
             extension.install(self)
-
-    # -- what extensions use -----------------------------------------------------------------------
-    def hook(self, handle) -> None:
-        """Keep a hook handle (from ``register_forward_*hook``) so the trace removes it on exit."""
-        self._handles.append(handle)
-
-    def tap(self, module: torch.nn.Module, layer: LayerInfo, observer) -> None:
-        """Call ``observer(query, key, value, attn_mask, scale, output)`` after the first SDPA call of
-        every forward of ``module`` (an :class:`~attnscope.core.tap.OutputTap`); removed on exit."""
-        tap = OutputTap(observer)
-        self.hook(module.register_forward_pre_hook(self._enter_hook(tap)))
-        # modes leave in the reverse order they entered: this tap is inside any the core put on the module
-        self.hook(module.register_forward_hook(self._leave_hook(tap, layer), always_call=True, prepend=True))
-
-    @contextmanager
-    def paused(self):
-        """Run pipeline modules (an extension encoding its own words) without recording their inputs
-        as the prompt: the text-encoder hooks ignore calls made inside this block."""
-        before, self._paused = self._paused, True
-        try:
-            yield
-        finally:
-            self._paused = before
-
-    def active_generation(self) -> Generation | None:
-        """The generation being recorded, if the current denoising call is one the trace reads."""
-        gen = self.generations[-1] if self.generations else None
-        return gen if gen is not None and not gen.closed and gen.accepts_step(self.steps) else None
 
     @staticmethod
     def _enter_hook(tap: AttentionTap):
