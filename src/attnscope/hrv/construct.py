@@ -48,7 +48,8 @@ class VoteCounter:
         context = encoded.embeddings if encoded.start is None else torch.cat([encoded.start[None], encoded.embeddings])
         self.tables = {info.name: _key_table(module, context) for info, module in found}
         self.n_heads = sum(info.heads for info, _ in found)
-        self.counts = torch.zeros(len(concepts), self.n_heads, dtype=torch.int64)
+        device = next(iter(self.tables.values())).device
+        self.counts = torch.zeros(len(concepts), self.n_heads, dtype=torch.int64, device=device)  # no sync per call
         self.image_ids: list[int] = []
         self._draw: tuple | None = None
 
@@ -75,12 +76,13 @@ class VoteCounter:
             valid[i, : len(rows)] = True
             for c, (a, b) in enumerate(average):
                 mean[i, a:b, c] = 1.0 / (b - a)
-        self._draw = (index, valid, mean)
+        device = next(iter(self.tables.values())).device
+        self._draw = (index.to(device), valid.to(device), mean.to(device))
 
     def handle(self, layer, state: CallState, call: SDPACall) -> None:
         with torch.no_grad():
             table = self.tables[layer.name]
-            index, valid, mean = (t.to(table.device) for t in self._draw)
+            index, valid, mean = self._draw
             query = call.query[state.conditional_rows()].float()                 # (n, H, P, d)
             keys = table[:, index].transpose(0, 1).mul(call.scale)               # (n, H, L, d)
             # key-major scores (n, H, L, P): the softmax over keys and the mean over pixels run along
@@ -92,7 +94,7 @@ class VoteCounter:
             per_token = probs.mean(dim=-1)                                       # (n, H, L)
             per_concept = torch.einsum("nhl,nlc->nhc", per_token, mean)
             votes = torch.nn.functional.one_hot(per_concept.argmax(-1), len(self.concepts)).sum(0)  # (H, C)
-            self.counts[:, layer.head_offset : layer.head_offset + layer.heads] += votes.T.cpu()
+            self.counts[:, layer.head_offset : layer.head_offset + layer.heads] += votes.T
         return None
 
 
@@ -185,7 +187,7 @@ def build(pipe: Any, concepts: Mapping[str, Sequence[str]] | None = None, prompt
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk for _ in range(per_prompt)]
         with LayerHooks(pipe, counter.handle, on_call=counter.on_call, adapter=adapter):
             pipe([prompts[i] for i in chunk], generator=generators, **pipe_kwargs)
-        counts += counter.counts
+        counts += counter.counts.cpu()
         done.update(chunk)
         if checkpoint is not None:
             result().save(checkpoint)
