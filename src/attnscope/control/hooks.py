@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from ..core.layers import LayerInfo, assign_head_offsets
-from ..core.tap import sdpa_arguments
+from ..core.tap import FirstSDPAMode, sdpa_arguments
 
 
 @dataclass
@@ -107,22 +105,16 @@ class SDPACall:
 Handler = Callable[[LayerInfo, CallState, SDPACall], "torch.Tensor | None"]
 
 
-class SDPAOverride(TorchFunctionMode):
+class SDPAOverride(FirstSDPAMode):
     """Hands the first SDPA call made while active to ``handler``; other calls pass unchanged."""
 
     def __init__(self, handler: Callable[[SDPACall], "torch.Tensor | None"]):
         super().__init__()
         self.handler = handler
-        self.seen = False
-
-    def __enter__(self):
-        self.seen = False
-        return super().__enter__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and not self.seen:
-            self.seen = True
+        if self.first_call(func):
             out = self.handler(SDPACall(func, args, kwargs))
             if out is not None:
                 return out

@@ -31,27 +31,41 @@ from torch.overrides import TorchFunctionMode
 Observer = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float], None]
 
 
-class AttentionTap(TorchFunctionMode):
-    """Intercepts the first SDPA call while active and reports ``(q, k, attn_mask, scale)``."""
+class FirstSDPAMode(TorchFunctionMode):
+    """A ``TorchFunctionMode`` that acts on the first SDPA call made while it is active: the base of
+    every tap (entered when an attention module starts, left when it ends)."""
 
-    def __init__(self, observer: Observer):
+    def __init__(self):
         super().__init__()
-        self.observer = observer
         self.seen = False
 
     def __enter__(self):
         self.seen = False
         return super().__enter__()
 
+    def first_call(self, func) -> bool:
+        """True for the first ``F.scaled_dot_product_attention`` call since the mode was entered."""
+        if func is F.scaled_dot_product_attention and not self.seen:
+            self.seen = True
+            return True
+        return False
+
+
+class AttentionTap(FirstSDPAMode):
+    """Intercepts the first SDPA call while active and reports ``(q, k, attn_mask, scale)``."""
+
+    def __init__(self, observer: Observer):
+        super().__init__()
+        self.observer = observer
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and not self.seen:
+        if self.first_call(func):
             self.read(args, kwargs)
         return func(*args, **kwargs)
 
     def read(self, args: tuple, kwargs: dict) -> None:
-        """Hand the SDPA call's q, k, mask and scale to the observer (once per module call)."""
-        self.seen = True
+        """Hand the SDPA call's q, k, mask and scale to the observer."""
         query, key, mask, scale = sdpa_arguments(args, kwargs)
         with torch.no_grad():
             self.observer(query, key, mask, scale)
@@ -68,14 +82,14 @@ class ProfiledTap(AttentionTap):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         start = time.perf_counter()
         kwargs = kwargs or {}
-        reads = func is F.scaled_dot_product_attention and not self.seen
+        reads = self.first_call(func)
         if reads:
             self.read(args, kwargs)
         self.profile.add("observer" if reads else "dispatch", time.perf_counter() - start)
         return func(*args, **kwargs)
 
 
-class OutputTap(TorchFunctionMode):
+class OutputTap(FirstSDPAMode):
     """Runs the first SDPA call while active, then reports ``(q, k, v, attn_mask, scale, output)``.
 
     For side computations that need the attention *output* (ConceptAttention reads the image
@@ -94,17 +108,11 @@ class OutputTap(TorchFunctionMode):
     def __init__(self, observer: Callable):
         super().__init__()
         self.observer = observer
-        self.seen = False
-
-    def __enter__(self):
-        self.seen = False
-        return super().__enter__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         output = func(*args, **kwargs)
-        if func is F.scaled_dot_product_attention and not self.seen:
-            self.seen = True
+        if self.first_call(func):
             query, key, mask, scale = sdpa_arguments(args, kwargs)
             value = args[2] if len(args) > 2 else kwargs["value"]
             with torch.no_grad():
