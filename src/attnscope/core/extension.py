@@ -10,6 +10,8 @@ own hooks are in place, and removes everything the extension registered through 
 What the core offers an extension (all on :class:`~attnscope.core.trace.Trace`):
 
 - ``trace.hook(handle)``: keep a module-hook handle; removed when the ``with`` block exits;
+- ``trace.timed(fn)``: ``fn`` as it should be registered as a hook, so that
+  ``trace(..., profile=True)`` counts its time as the extension's (unchanged when not profiling);
 - ``trace.tap(module, layer, observer)``: an :class:`~attnscope.core.tap.OutputTap` on ``module``:
   ``observer(q, k, v, mask, scale, output)`` after its first SDPA call (output unchanged);
 - ``trace.active_generation()``: the :class:`~attnscope.core.store.Generation` being recorded, or
@@ -72,10 +74,15 @@ class ExtensionHost:
         """Keep a hook handle (from ``register_forward_*hook``) so the trace removes it on exit."""
         self._handles.append(handle)
 
+    def timed(self, fn):
+        """``fn`` timed as the ``extension`` part of the trace's profile, or ``fn`` itself when the
+        trace does not profile."""
+        return fn if self.profile is None else self.profile.timed(fn, "extension")
+
     def tap(self, module: torch.nn.Module, layer, observer) -> None:
         """Call ``observer(query, key, value, attn_mask, scale, output)`` after the first SDPA call of
         every forward of ``module`` (an :class:`~attnscope.core.tap.OutputTap`); removed on exit."""
-        tap = OutputTap(observer)
+        tap = OutputTap(self.timed(observer))
         self.hook(module.register_forward_pre_hook(self._enter_hook(tap)))
         # modes leave in the reverse order they entered: this tap is inside any the core put on the module
         self.hook(module.register_forward_hook(self._leave_hook(tap, layer), always_call=True, prepend=True))

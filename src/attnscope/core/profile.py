@@ -7,7 +7,9 @@ parts are timed, each with ``time.perf_counter`` around attnscope's own Python c
 - ``observer``: reading q and k at the SDPA call: attention probabilities and their running sum;
 - ``dispatch``: the attention tap's ``__torch_function__`` for every other torch call inside a
   traced attention module (the Python part; the C++ mode check before it is not included);
-- ``hooks``: the module hooks (denoiser, text encoder, decoder, entering and leaving attention modules).
+- ``hooks``: the module hooks (denoiser, text encoder, decoder, entering and leaving attention modules);
+- ``extension``: what methods add to a trace through :mod:`attnscope.core.extension` (e.g.
+  ConceptAttention's concept stream), registered with ``trace.timed`` or ``trace.tap``.
 
 Each denoising call's wall time is measured from the denoiser's pre-hook to its forward hook, so
 ``fraction = attnscope / call`` is the share of the (traced) call spent in attnscope.
@@ -25,7 +27,7 @@ import statistics
 import time
 from typing import Callable
 
-PARTS = ("observer", "dispatch", "hooks")
+PARTS = ("observer", "dispatch", "hooks", "extension")
 
 
 class HookProfile:

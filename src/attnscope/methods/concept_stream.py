@@ -81,9 +81,9 @@ class ConceptStream(TraceExtension):
 
     def install(self, trace) -> None:
         self.trace = trace
-        trace.hook(self.adapter.denoiser().register_forward_pre_hook(self._on_call))
+        trace.hook(self.adapter.denoiser().register_forward_pre_hook(trace.timed(self._on_call)))
         for info, block in self.blocks:
-            trace.hook(block.register_forward_pre_hook(self._on_block, with_kwargs=True))
+            trace.hook(block.register_forward_pre_hook(trace.timed(self._on_block), with_kwargs=True))
             trace.tap(block.attn, info, self._observer(info, block))
 
     # -- per denoising call ------------------------------------------------------------------------
