@@ -80,3 +80,34 @@ def test_eval_gate_only(tmp_path):
     same = compare_gates(load_gate(out), load_gate(out))  # a gate against itself: no discordant image
     assert same.only_first == same.only_second == 0 and same.p_value == 1.0
     assert same.first_rate == same.second_rate == results["quality_gate"]
+
+
+def test_eval_scores_concept_methods_beside_daam(tmp_path):
+    """ConceptAttention and its cross-attention baseline join the benchmark: traced with the batch's
+    caption words (and the background) as concepts, read by word, masks at the map's mean."""
+    from attnscope.cli import main
+
+    out = tmp_path / "real"
+    assert main(["eval", "--model", "shapes-mmdit", "--protocol", "real", "--n", "3", "--methods", "daam",
+                 "concept_attention", "concept_cross_attention", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["table"]["all"]["rows"]
+    for name in ("concept_attention", "concept_cross_attention"):
+        assert rows[name]["threshold"] == "mean" and f"{name} @ best fixed τ (oracle)" not in rows
+        assert 0.0 <= rows[name]["mIoU_per_pair"] <= 1.0 and 0.0 <= rows[name]["mAP"] <= 1.0
+    assert rows["daam"]["threshold"] == 0.4 and "daam @ best fixed τ (oracle)" in rows
+
+
+def test_concept_methods_are_read_by_word():
+    from attnscope.datasets.shapes import make_scenes
+    from attnscope.eval.runner import collect_pairs, trace_options
+    from attnscope.realimages import trace_images
+
+    scenes = make_scenes(0, 2, split="test")
+    options = trace_options(["concept_attention"], scenes)
+    words = {scenes[0].words[i] for i, kind in scenes[0].word_kinds.items() if kind != "position"}
+    assert words <= set(options["concepts"]) and options["concepts"][-1] == "background"
+    pipe = pytest.importorskip("attnscope").load_pipeline("shapes-mmdit", device="cpu")
+    tc = trace_images(pipe, np.stack([s.image for s in scenes]), [s.caption for s in scenes], **options)
+    ca, heat = tc.concept_attention(), tc.daam()
+    pairs = collect_pairs({"concept_attention": ca}, scenes, [s.word_masks for s in scenes], words_from=heat)
+    assert pairs and all(np.array_equal(p.soft["concept_attention"], ca.raw_map(p.word, p.image).numpy()) for p in pairs)

@@ -157,18 +157,6 @@ class Generation:
         if self.keep_steps:
             self.per_step.setdefault(layer.name, []).append(probs.to("cpu", copy=True))
 
-    def absorb(self, other: "Generation") -> None:
-        """Add ``other``'s stored attention to this one's (same layers, images and tokens), e.g. to
-        average several noise draws of one image; per-step maps are not merged."""
-        if set(other.sums) != set(self.sums):
-            raise ValueError("The two generations traced different layers; they cannot be merged.")
-        for name, total in self.sums.items():
-            if other.sums[name].shape != total.shape:
-                raise ValueError(f"Layer {name} holds {tuple(other.sums[name].shape)} in one generation and "
-                                 f"{tuple(total.shape)} in the other; only calls of one batch can be merged.")
-            total.add_(other.sums[name])
-        self.steps_read += other.steps_read
-
     def add_decoded(self, output: Any) -> None:
         """Keep the VAE decoder's output as uint8 images, exactly as diffusers post-processes it."""
         sample = output.sample if hasattr(output, "sample") else output

@@ -27,7 +27,6 @@ import torch
 from ..adapters import adapter_for
 from ..core.trace import trace
 from ..datasets.detect import detect, masks_for_words, match_objects
-from ..datasets.shapes import scene_tensor
 from ..methods import get_method
 from ..methods.base import DEFAULT_THRESHOLD, threshold_map
 from . import metrics
@@ -62,21 +61,45 @@ def _words_match(result, image: int, scene) -> list:
     return words
 
 
-def collect_pairs(results: dict, scenes, gts, offset: int = 0) -> list[Pair]:
-    """Score-ready pairs from ``{method name: result}`` of one traced batch of ``scenes``."""
+def collect_pairs(results: dict, scenes, gts, offset: int = 0, words_from=None) -> list[Pair]:
+    """Score-ready pairs from ``{method name: result}`` of one traced batch of ``scenes``.
+
+    Token-keyed methods are read at each word's token positions, concept-keyed ones by the word
+    itself; ``words_from`` (a token-keyed result; default: the first of ``results``) says which
+    caption words the model read.
+    """
     pairs = []
-    first = next(iter(results.values()))
+    reference = words_from if words_from is not None else next(iter(results.values()))
+    by_concept = {name: get_method(name).keyed_by == "concepts" for name in results}
     for i, (scene, gt) in enumerate(zip(scenes, gts)):
-        words = _words_match(first, i, scene)
+        words = _words_match(reference, i, scene)
         for index, mask in gt.items():
             if index >= len(words):  # cut off by the text encoder's context length: not scorable
                 continue
             pair = Pair(offset + i, scene.words[index], scene.word_kinds[index], mask.astype(bool))
             with torch.no_grad():
                 for name, result in results.items():
-                    pair.soft[name] = result.raw_map(list(words[index].tokens), i).numpy()
+                    key = scene.words[index] if by_concept[name] else list(words[index].tokens)
+                    pair.soft[name] = result.raw_map(key, i).numpy()
             pairs.append(pair)
     return pairs
+
+
+def read_methods(tc, methods, generation: int = -1) -> tuple[dict, object]:
+    """``({name: result}, a token-keyed result)`` of one traced generation."""
+    results = {name: tc.run(name, generation) for name in methods}
+    tokens = next((r for n, r in results.items() if get_method(n).keyed_by == "tokens"), None)
+    return results, tokens if tokens is not None else tc.run("daam", generation)
+
+
+def trace_options(methods, scenes) -> dict:
+    """What the methods need the trace to do for these scenes (e.g. ConceptAttention's concepts:
+    every scorable caption word of the batch)."""
+    words = [scene.words[i] for scene in scenes for i, kind in scene.word_kinds.items() if kind != "position"]
+    options: dict = {}
+    for name in methods:
+        options.update(get_method(name).trace_options(words))
+    return options
 
 
 def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=0, progress=None):
@@ -91,7 +114,7 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
         generators = [torch.Generator().manual_seed(seed + start + j) for j in range(len(chunk))]
-        with trace(pipe) if methods else contextlib.nullcontext() as tc:
+        with trace(pipe, **trace_options(methods, chunk)) if methods else contextlib.nullcontext() as tc:
             out = pipe([s.caption for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
                        generator=generators, output_type="np")
         arrays = [(img * 255).round().astype(np.uint8) for img in out.images]
@@ -112,7 +135,8 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
                             "found": [f"{d.color} {d.shape}" for d in found]})
             gts.append(masks_for_words(found, scene))
         if methods:
-            pairs += collect_pairs({name: tc.run(name) for name in methods}, chunk, gts, offset=start)
+            results, words_from = read_methods(tc, methods)
+            pairs += collect_pairs(results, chunk, gts, offset=start, words_from=words_from)
         images += arrays
         if progress:
             progress(len(images), len(scenes))
@@ -120,27 +144,19 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
 
 
 def run_real(pipe, scenes, methods, noise=0.5, draws=1, batch=25, seed=0, progress=None):
-    """One denoising pass on noised dataset images; ground truth is the dataset's exact masks.
+    """One denoising pass per noise draw on noised dataset images (:func:`attnscope.realimages.trace_images`;
+    the draws of a batch sum into one generation); ground truth is the dataset's exact masks."""
+    from ..realimages import trace_images
 
-    The ``draws`` noise draws of a batch are traced as separate calls and their stored attention
-    summed before the methods read it, so each map averages every draw.
-    """
     if batch < 1:
         raise ValueError(f"batch={batch} must be at least 1.")
-    adapter = adapter_for(pipe)
     pairs, images = [], []
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
-        latents = adapter.encode_images(scene_tensor(chunk))
-        with trace(pipe, cfg=False) as tc:
-            for d in range(draws):
-                gen = torch.Generator().manual_seed(seed * 7919 + start * 31 + d)
-                noisy, timestep = adapter.noise_latents(latents, torch.randn(latents.shape, generator=gen), noise)
-                adapter.denoise_once(noisy, timestep, [s.caption for s in chunk])
-        for extra in tc.generations[1:]:
-            tc.generation(0).absorb(extra)
-        results = {name: tc.run(name, 0) for name in methods}
-        pairs += collect_pairs(results, chunk, [s.word_masks for s in chunk], offset=start)
+        tc = trace_images(pipe, np.stack([s.image for s in chunk]), [s.caption for s in chunk], noise=noise,
+                          draws=draws, seed=seed * 7919 + start * 31, **trace_options(methods, chunk))
+        results, words_from = read_methods(tc, methods)
+        pairs += collect_pairs(results, chunk, [s.word_masks for s in chunk], offset=start, words_from=words_from)
         images += [s.image for s in chunk]
         if progress:
             progress(len(images), len(scenes))
@@ -186,6 +202,9 @@ def summarize(pairs: list[Pair], methods, seed: int = 0) -> dict:
         for name in methods:
             softs = [p.soft[name] for p in members]
             rows[name] = _scores([binarize(name, s) for s in softs], members, softs)
+            if get_method(name).result_type.threshold_rule == "mean":  # map > its mean: no τ to sweep
+                rows[name]["threshold"] = "mean"
+                continue
             rows[name]["threshold"] = DEFAULT_THRESHOLD
             sweep = {t: metrics.mean_iou([(binarize(name, s, t), p.gt) for s, p in zip(softs, members)])
                      for t in SWEEP}

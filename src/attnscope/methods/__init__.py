@@ -18,16 +18,16 @@ import os
 
 from ..hrv.vectors import HeadRelevance
 from .base import MapResult, Method
-from .concept_attention import ConceptAttention, ConceptAttentionResult
+from .concept_attention import ConceptAttention, ConceptAttentionResult, ConceptCrossAttention
 from .concept_stream import ConceptStream
 from .daam import DAAM, DAAMResult
 from .selective import HRVWeighted, SelectiveBottom, SelectiveHeads, SelectiveResult
 
-_METHODS: dict[str, type[Method]] = {m.name: m for m in (DAAM, SelectiveHeads, SelectiveBottom, HRVWeighted)}
+_METHODS: dict[str, type[Method]] = {m.name: m for m in (DAAM, SelectiveHeads, SelectiveBottom, HRVWeighted,
+                                                          ConceptAttention, ConceptCrossAttention)}
 _RESULTS: dict[str, type[MapResult]] = {DAAMResult.kind: DAAMResult, SelectiveResult.kind: SelectiveResult,
+                                        ConceptAttentionResult.kind: ConceptAttentionResult,
                                         HeadRelevance.kind: HeadRelevance}  # head relevance vectors load by kind too
-_METHODS[ConceptAttention.name] = ConceptAttention
-_RESULTS[ConceptAttentionResult.kind] = ConceptAttentionResult
 #: Options that methods add to ``attnscope.trace``: option name -> TraceExtension class.
 _TRACE_OPTIONS: dict[str, type] = {"concepts": ConceptStream}
 

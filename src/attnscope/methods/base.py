@@ -132,9 +132,16 @@ class Method:
 
     name: ClassVar[str] = ""
     result_type: ClassVar[type[MapResult]] = MapResult
+    #: How the method's maps are looked up: ``"tokens"`` (a word's token positions in the prompt) or
+    #: ``"concepts"`` (words given to the trace through :meth:`trace_options`).
+    keyed_by: ClassVar[str] = "tokens"
 
     def __call__(self, trace: Any, generation: int = -1, **meta) -> MapResult:
         raise NotImplementedError
+
+    def trace_options(self, words: Sequence[str]) -> dict:
+        """The ``attnscope.trace`` options this method needs to map ``words`` (none by default)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

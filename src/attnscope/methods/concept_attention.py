@@ -209,10 +209,28 @@ class ConceptAttention(Method):
 
     name: ClassVar[str] = "concept_attention"
     result_type: ClassVar[type[MapResult]] = ConceptAttentionResult
+    keyed_by: ClassVar[str] = "concepts"
+    #: The space read when the call names none (subclasses register the baselines under own names).
+    space: ClassVar[str] = "output"
+    #: The concept added to every benchmark concept set, as in the paper's protocol.
+    background: ClassVar[str] = "background"
 
-    def __call__(self, trace: Any, generation: int = -1, *, space: str = "output",
+    def __call__(self, trace: Any, generation: int = -1, *, space: str | None = None,
                  layers: Iterable[str] | str | None = None, softmax: str = "per_layer", **meta) -> ConceptAttentionResult:
+        space = space or self.space
         defaults = {"space": space, "layers": [layers] if isinstance(layers, str) else layers, "softmax": softmax}
         result = ConceptAttentionResult.from_generation(trace.generation(generation), trace, meta, defaults)
         result.maps()  # a bad selection fails here, not at the first map query
         return result
+
+    def trace_options(self, words) -> dict:
+        """The benchmark's concepts: the words to map, once each, and the background."""
+        return {"concepts": list(dict.fromkeys([*words, self.background]))}
+
+
+class ConceptCrossAttention(ConceptAttention):
+    """The paper's cross-attention baseline on the same concept stream (image queries against concept
+    keys), registered under its own name so the benchmark can score it beside ConceptAttention."""
+
+    name: ClassVar[str] = "concept_cross_attention"
+    space: ClassVar[str] = "cross_attention"
