@@ -132,6 +132,34 @@ def sdpa_arguments(args: tuple, kwargs: dict):
     return query, key, bound.get("attn_mask"), scale
 
 
+#: Below this many keys the explicit softmax is faster than the fused kernel's log-sum-exp (on CPU,
+#: 77 keys: 2.5–3× faster explicit; 1,357–4,429 keys: 1.8–3× faster fused).
+FUSED_MIN_KEYS = 512
+#: Use the fused normaliser only when at most 1 in this many keys is kept.
+FUSED_MIN_RATIO = 4
+
+
+def fused_logsumexp(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """``log Σ_k exp(q·k·scale)`` per query, ``(..., queries)`` float32, from PyTorch's fused attention
+    kernels (which compute it anyway and never build the score matrix); None where no kernel gives it.
+
+    CPU: the flash kernel; CUDA: the memory-efficient kernel (its log-sum-exp is padded to a multiple
+    of 32 queries). Any failure returns None and the caller computes the softmax explicitly.
+    """
+    q, k = query.float().contiguous(), key.float().contiguous()
+    try:
+        if q.device.type == "cpu":
+            lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, scale=scale)[1]
+        elif q.device.type == "cuda":
+            lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, None, True, scale=scale)[1]
+        else:
+            return None
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        return None
+    lse = lse[..., : q.shape[-2]]
+    return lse if lse.shape == q.shape[:-1] else None
+
+
 def attention_probs(
     query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scale: float,
     keep: int | torch.Tensor | None = None,
@@ -155,7 +183,19 @@ def attention_probs(
     True
     >>> torch.equal(attention_probs(q, k, None, 0.5, keep=torch.tensor([4, 6])), probs[..., [4, 6], :])
     True
+
+    When few of many keys are kept (joint attention: the prompt's keys among thousands of image
+    keys), the softmax's normaliser comes from the fused SDPA kernel's log-sum-exp instead, so the
+    full queries × keys score matrix is never built (:func:`fused_logsumexp`).
     """
+    n_keys = key.shape[-2]
+    n_kept = n_keys if keep is None else (int(keep.numel()) if torch.is_tensor(keep) else min(int(keep), n_keys))
+    if mask is None and n_keys >= FUSED_MIN_KEYS and n_kept * FUSED_MIN_RATIO <= n_keys:
+        lse = fused_logsumexp(query, key, scale)
+        if lse is not None:
+            kept = key.index_select(-2, keep.to(key.device)) if torch.is_tensor(keep) else key[..., :n_kept, :]
+            scores = torch.matmul(kept.float() * scale, query.float().transpose(-1, -2))
+            return scores.sub_(lse.unsqueeze(-2)).exp_()
     # scaling k (keys × dim) is cheaper than scaling q (queries × dim) or the scores
     scores = torch.matmul(key.float() * scale, query.float().transpose(-1, -2))
     if mask is not None:
