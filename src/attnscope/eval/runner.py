@@ -43,6 +43,16 @@ class Pair:
     kind: str
     gt: np.ndarray
     soft: dict = field(default_factory=dict)  # method name -> the method's un-normalised map (numpy)
+    #: which of the caption's objects the word is about (0: the first named) and how many it names
+    object_index: int = 0
+    n_objects: int = 1
+
+    @property
+    def caption_position(self) -> str | None:
+        """``"first-named"`` / ``"last-named"`` for a word about the first / last of several objects."""
+        if self.n_objects < 2 or 0 < self.object_index < self.n_objects - 1:
+            return None
+        return "first-named" if self.object_index == 0 else "last-named"
 
 
 def binarize(name: str, raw: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -76,7 +86,8 @@ def collect_pairs(results: dict, scenes, gts, offset: int = 0, words_from=None) 
         for index, mask in gt.items():
             if index >= len(words):  # cut off by the text encoder's context length: not scorable
                 continue
-            pair = Pair(offset + i, scene.words[index], scene.word_kinds[index], mask.astype(bool))
+            pair = Pair(offset + i, scene.words[index], scene.word_kinds[index], mask.astype(bool),
+                        object_index=scene.word_objects.get(index, 0), n_objects=len(scene.objects))
             with torch.no_grad():
                 for name, result in results.items():
                     key = scene.words[index] if by_concept[name] else list(words[index].tokens)
@@ -181,7 +192,8 @@ def _scores(preds, pairs, softs=None) -> dict:
 
 
 def summarize(pairs: list[Pair], methods, seed: int = 0) -> dict:
-    """Scores of every method and baseline, overall and by word kind.
+    """Scores of every method and baseline, overall, by word kind, and by word kind for the first-
+    and the last-named object of captions that name several (``"shape, first-named object"``).
 
     ``mIoU_per_pair``: mean over (image, word) pairs of that pair's IoU; ``mIoU_pooled``: total
     intersection over total union; ``pixel_acc``: mean over pairs of the fraction of agreeing
@@ -192,6 +204,11 @@ def summarize(pairs: list[Pair], methods, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     kinds = sorted({p.kind for p in pairs})
     groups = {"all": pairs, **{k: [p for p in pairs if p.kind == k] for k in kinds}}
+    for kind in kinds:  # the same kind of word about the first- and the last-named of several objects
+        for position in ("first-named", "last-named"):
+            members = [p for p in pairs if p.kind == kind and p.caption_position == position]
+            if members:
+                groups[f"{kind}, {position} object"] = members
     table: dict = {}
     for group, members in groups.items():
         rows = {}
