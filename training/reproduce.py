@@ -26,7 +26,7 @@ from .errors import ArgumentParser, TrainingError, run_command
 
 RECIPES = Path(__file__).parent / "recipes"
 #: the modules a stage's command may name (each has parse_args and run)
-COMMANDS = ("train", "train_mmdit", "export")
+COMMANDS = ("train", "text_identity", "train_mmdit", "export")
 RECIPE_KEYS = {"name", "summary", "inputs", "output", "notes", "stages"}
 STAGE_KEYS = {"name", "command", "args", "smoke"}
 

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from . import architectures as arch
 from .checkpoint import EMA, load_checkpoint
 from .errors import ArgumentParser, run_command
-from .train import DEFAULTS, _save, latent_bank, load_vae, lr_at, min_snr_weights, run_tokenizer, time_left
+from .train import (DEFAULTS, _save, draw_batch, latent_bank, load_vae, lr_at, min_snr_weights, run_tokenizer,
+                    time_left)
 
 PREFIXES = ("a picture of ", "an image of ")
 
@@ -93,15 +94,7 @@ def train(args) -> None:
     if step == 0 and args.probe_every:
         probes.append({"step": 0, **probe(text_encoder, tokenizer)})
     while step < args.steps and time_left(start, args.minutes):
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        index = torch.randint(0, len(bank_captions), (args.batch,), generator=gen)
-        latents, captions = bank[index], [bank_captions[i] for i in index.tolist()]
-        ids = arch.token_ids(tokenizer, captions)
-        drop = torch.rand(len(captions), generator=gen) < args.uncond
-        ids[drop] = empty
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),), generator=gen)
-        noisy = scheduler.add_noise(latents, noise, t)
+        ids, noise, t, noisy = draw_batch(bank, bank_captions, tokenizer, empty, scheduler, args, step)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup)
         hidden = text_encoder(ids)[0]

@@ -166,6 +166,21 @@ def optimizer_step(tag, loss, opt, params, modules, emas, state, step, start, ar
     return step
 
 
+def draw_batch(bank, bank_captions, tokenizer, empty, scheduler, args, step: int):
+    """``(ids, noise, t, noisy)`` of one UNet training step: bank latents and their captions (dropped to
+    the empty caption at ``--uncond``), noise and timesteps, drawn from the seed and the step alone so
+    that resumed runs and runs compared with each other see the same batches."""
+    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    index = torch.randint(0, len(bank_captions), (args.batch,), generator=gen)
+    latents, captions = bank[index], [bank_captions[i] for i in index.tolist()]
+    ids = arch.token_ids(tokenizer, captions)
+    drop = torch.rand(len(captions), generator=gen) < args.uncond
+    ids[drop] = empty
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),), generator=gen)
+    return ids, noise, t, scheduler.add_noise(latents, noise, t)
+
+
 def run_tokenizer(folder) -> "CLIPTokenizer":
     """The tokenizer a run trains with: saved in ``folder/tokenizer`` at its start, reloaded on resume
     and at export, so a run stays consistent even if the tokenizer builder changes."""
@@ -202,15 +217,7 @@ def train_unet(args) -> None:
     start, step = time.time(), state["step"]
     empty = arch.token_ids(tokenizer, [""])
     while step < args.steps and time_left(start, args.minutes):
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        index = torch.randint(0, len(bank_captions), (args.batch,), generator=gen)
-        latents, captions = bank[index], [bank_captions[i] for i in index.tolist()]
-        ids = arch.token_ids(tokenizer, captions)
-        drop = torch.rand(len(captions), generator=gen) < args.uncond
-        ids[drop] = empty
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),), generator=gen)
-        noisy = scheduler.add_noise(latents, noise, t)
+        ids, noise, t, noisy = draw_batch(bank, bank_captions, tokenizer, empty, scheduler, args, step)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup)
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
