@@ -137,7 +137,7 @@ def parse_args(argv=None):
     parser.add_argument("--vae", required=True, type=Path, help="VAE run folder or exported model folder")
     parser.add_argument("--identity", type=float, default=0.1, help="weight of the token-identity loss (0: the shipped recipe)")
     parser.add_argument("--no-prefix", action="store_true", help="drop 'a picture of' / 'an image of' from captions")
-    parser.add_argument("--probe-every", type=int, default=0, help="steps between identity probes (0: none)")
+    parser.add_argument("--probe-every", type=int, default=500, help="steps between identity probes (0: none)")
     parser.add_argument("--mask-padding", action="store_true",
                         help="probe: the UNet's cross-attention skips the padding after the first end token")
     parser.add_argument("--bank-dir", type=Path, help="folder of a cached latent bank to share between runs (default --out)")

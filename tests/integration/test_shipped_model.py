@@ -100,3 +100,28 @@ def test_real_protocol_needs_a_method(tmp_path, capsys):
 
     assert main(["eval", "--protocol", "real", "--methods", "--out", str(tmp_path / "r")]) == 2
     assert "name at least one method" in capsys.readouterr().err
+
+
+DEMO = "a red circle to the left of a blue square"
+
+
+def test_demo_prompt_object_words_localise():
+    """The Quick start's demo: each object word's map is hotter on its own object than on the rest of
+    the image and on the other object, and its mask covers under half of the image."""
+    from attnscope.datasets.detect import detect
+
+    pipe = attnscope.load_pipeline("shapes-unet", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    with attnscope.trace(pipe) as tc:
+        out = pipe(DEMO, num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="np")
+    image = (out.images[0] * 255).round().astype(np.uint8)
+    found = {(d.color, d.shape): d.mask for d in detect(image)}
+    objects = {"red": ("red", "circle"), "circle": ("red", "circle"), "blue": ("blue", "square"), "square": ("blue", "square")}
+    assert set(objects.values()) <= set(found), f"the demo image should show both objects; found {sorted(found)}"
+    heat = tc.daam()
+    for word, obj in objects.items():
+        soft, mask = heat.word(word).numpy(), heat.word(word, threshold=0.4).numpy()
+        own, other = found[obj], found[next(o for o in set(objects.values()) if o != obj)]
+        assert mask.mean() < 0.5, (word, mask.mean())
+        assert soft[own].mean() > soft[~own].mean() and soft[own].mean() > soft[other].mean(), word
+        assert (mask & own).sum() > 0.5 * own.sum(), (word, "mask covers under half of its object")
