@@ -1,7 +1,8 @@
 """Cost of tracing MM-DiT pipelines: DAAM on joint attention and ConceptAttention, in one process.
 
-For each pipeline, three modes run interleaved over repeats — plain generation, a DAAM trace, and a
-trace with ``concepts=`` (ConceptAttention's concept stream) — and report:
+For each pipeline, four modes run interleaved over repeats — plain generation, a DAAM trace, a trace
+with ``concepts=`` (ConceptAttention's concept stream beside DAAM's reading), and the same with
+``layers=[]`` (the concept stream alone) — and report:
 
 - the median time and the spread of the repeats, as multiples of plain generation's median;
 - the direct cost: ``trace(pipe, profile=True)`` times attnscope's own code in every denoising call
@@ -35,7 +36,7 @@ import attnscope
 PROMPT = "a red circle to the left of a blue square"
 CONCEPTS = ["circle", "square", "background"]
 PIPELINES = ("shapes-mmdit", "sd3-proportioned", "flux-proportioned")
-MODES = ("plain", "daam", "concept attention")
+MODES = ("plain", "daam", "concept attention", "concept attention alone")
 
 
 def sd3_proportioned():
@@ -71,8 +72,10 @@ def build(name: str):
 def run(pipe, kwargs, mode: str, steps: int, profile: bool = False):
     """One generation in ``mode``; returns (seconds, trace or None)."""
     options = {"profile": profile} if mode != "plain" else {}
-    if mode == "concept attention":
+    if mode.startswith("concept attention"):
         options["concepts"] = CONCEPTS
+    if mode == "concept attention alone":  # no layer read for DAAM: only the concept stream runs
+        options["layers"] = []
     start = time.perf_counter()
     if mode == "plain":
         pipe(PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **kwargs)
@@ -173,11 +176,12 @@ def report(results: dict, memory: dict, args) -> str:
                          f"{r['spread'][0]:.3f}–{r['spread'][1]:.3f} | {share} | {ext} | {stored} |")
     if memory:
         lines += ["", "Peak resident memory, each mode in a fresh process (one generation):", "",
-                  "| pipeline | plain (MiB) | daam: extra (MiB) | concept attention: extra (MiB) |", "|---|---|---|---|"]
+                  "| pipeline | plain (MiB) | " + " | ".join(f"{m}: extra (MiB)" for m in MODES[1:]) + " |",
+                  "|---|---|" + "---|" * (len(MODES) - 1)]
         for name, peaks in memory.items():
             base = peaks["plain"]
-            lines.append(f"| {name} | {base / 2**20:.0f} | {(peaks['daam'] - base) / 2**20:+.0f} | "
-                         f"{(peaks['concept attention'] - base) / 2**20:+.0f} |")
+            extra = " | ".join(f"{(peaks[m] - base) / 2**20:+.0f}" for m in MODES[1:])
+            lines.append(f"| {name} | {base / 2**20:.0f} | {extra} |")
     return "\n".join(lines)
 
 

@@ -208,3 +208,14 @@ def test_no_hook_survives_an_exception(flux_pipe):
             run(flux_pipe, callback_on_step_end=boom)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules) == 0
     assert torch._C._len_torch_function_stack() == 0
+
+
+def test_concept_attention_alone_reads_no_prompt_attention(flux_pipe):
+    """``layers=[]`` traces no attention layer for DAAM, so a trace pays only for the concept stream;
+    the concept maps are the same as with every layer read."""
+    with attnscope.trace(flux_pipe, layers=[], concepts=["cat", "background"]) as alone:
+        flux_pipe("a red cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    with attnscope.trace(flux_pipe, concepts=["cat", "background"]) as both:
+        flux_pipe("a red cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert alone.generation().sums == {} and both.generation().sums
+    torch.testing.assert_close(alone.concept_attention().saliency, both.concept_attention().saliency)
