@@ -29,11 +29,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 
-def run_command(run: Callable, parse_args: Callable, argv=None) -> None:
-    """A command's ``main()``: parse, run, and turn a :class:`TrainingError` into one stderr line and
-    exit status 2 (the only place the training code exits the process)."""
+def run_command(run: Callable, parse_args: Callable | None = None, argv=None) -> None:
+    """A command's ``main()``: parse (``parse_args``; None hands ``argv`` to ``run`` as it is), run,
+    and turn a :class:`TrainingError` into one stderr line and exit status 2 (the only place the
+    training code exits the process)."""
     try:
-        run(parse_args(argv))
+        run(argv if parse_args is None else parse_args(argv))
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

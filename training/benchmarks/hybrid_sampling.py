@@ -17,13 +17,12 @@ Prints a Markdown table of the gate for each switch level and order (or each gui
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.errors import TrainingError
+from training.errors import TrainingError, run_command
 
 
 def ddpm_timestep(alphas_cumprod: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,11 +170,7 @@ def _parse_schedule(text: str) -> tuple:
 
 
 def main(argv=None) -> None:
-    try:
-        run(argv)
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(run, None, argv)
 
 
 if __name__ == "__main__":

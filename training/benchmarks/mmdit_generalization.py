@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from training.errors import TrainingError
+from training.errors import TrainingError, run_command
 
 SIGMAS = (0.2, 0.4, 0.6, 0.8)  # the bands of the hybrid-sampling benchmark's table
 
@@ -103,11 +102,7 @@ def run(argv=None) -> None:
 
 
 def main(argv=None) -> None:
-    try:
-        run(argv)
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(run, None, argv)
 
 
 if __name__ == "__main__":
