@@ -10,7 +10,7 @@ import torch
 import attnscope
 from attnscope.control.hooks import model_layers
 from attnscope.hrv.published import load_published, published_head_names, read_concept_words
-from attnscope.hrv.vectors import HeadRelevance
+from attnscope.hrv.vectors import HeadRelevance, spearman
 
 PUBLISHED = Path(__file__).resolve().parents[3] / "shared" / "data" / "hrv-published"
 needs_published = pytest.mark.skipif(not PUBLISHED.is_dir(), reason="the published HRV data is not here")
@@ -108,3 +108,34 @@ def test_a_published_matrix_for_another_model_is_refused_with_both_counts(layout
 def test_the_published_concept_list_reads_34_concepts_of_10_words():
     concepts = read_concept_words(PUBLISHED / "concept_words_340.csv")
     assert len(concepts) == 34 and {len(w) for w in concepts.values()} == {10}
+
+
+def test_rank_correlation_is_one_for_a_monotone_copy_and_minus_one_reversed():
+    heads = [("a.attn2", h) for h in range(6)]
+    counts = torch.tensor([[5, 1, 0, 2, 7, 3], [1, 1, 4, 0, 2, 2]])
+    hrv = HeadRelevance.from_counts(counts, ["colour", "shape"], heads)
+    squared = HeadRelevance.from_counts(counts ** 2, ["colour", "shape"], heads)  # same order, other values
+    reversed_ = HeadRelevance.from_counts(counts.max() - counts, ["colour", "shape"], heads)
+    assert squared.rank_correlation(hrv) == {"colour": 1.0, "shape": 1.0}
+    assert reversed_.rank_correlation(hrv) == {"colour": -1.0, "shape": -1.0}
+    # ties share their mean rank: [1, 1, 2] against [3, 3, 1] is a perfect inversion
+    assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([3.0, 3.0, 1.0])) == -1.0
+    other_model = HeadRelevance.from_counts(counts[:, :4], ["colour", "shape"], heads[:4])
+    with pytest.raises(ValueError, match="different heads"):
+        hrv.rank_correlation(other_model)
+
+
+def test_plot_draws_one_row_per_concept_and_one_column_per_head():
+    from attnscope.viz.figures import CELL, LABEL_HEIGHT, ROW_LABEL_WIDTH
+
+    heads = [("down.attn2", 0), ("down.attn2", 1), ("up.attn2", 0)]
+    hrv = HeadRelevance.from_counts(torch.tensor([[3, 0, 0], [0, 0, 2]]), ["colour", "shape"], heads)
+    image = np.asarray(hrv.plot())
+
+    def cell(row, column):
+        return tuple(image[2 * LABEL_HEIGHT + row * CELL + CELL // 2, ROW_LABEL_WIDTH + column * CELL + CELL // 2])
+
+    white = (255, 255, 255)
+    assert [cell(0, c) == white for c in range(3)] == [False, True, True]  # colour: head 0 only
+    assert [cell(1, c) == white for c in range(3)] == [True, True, False]  # shape: the last head only
+    assert cell(0, 0) == cell(1, 2)  # both rows' maxima (3.0) get the darkest colour

@@ -134,6 +134,24 @@ class HeadRelevance:
             lines.append(f"| {concept} | {heads} | {', '.join(self.words.get(concept, []))} |")
         return "\n".join(lines)
 
+    def rank_correlation(self, other: "HeadRelevance") -> dict[str, float]:
+        """Spearman rank correlation of each shared concept's row with ``other``'s (same heads):
+        how stable the head ranking is, e.g. between HRVs built from two disjoint prompt sets."""
+        if self.layout() != other.layout():
+            raise ValueError(f"The two HRVs cover different heads ({self.n_heads} against {other.n_heads}); "
+                             "compare HRVs of the same model.")
+        return {c: spearman(self.row(c), other.row(c)) for c in self.concepts if c in other.concepts}
+
+    def plot(self, concepts: Sequence[str] | None = None):
+        """A heat map (PIL image): one row per concept, one column per head, labelled by layer."""
+        from ..core.layers import LayerInfo
+        from ..viz.figures import matrix_image
+
+        concepts = list(self.concepts if concepts is None else concepts)
+        rows = torch.stack([self.row(c) for c in concepts])
+        groups = [(LayerInfo(name, 0, 0).short_name, n) for name, n in self.layout()]
+        return matrix_image(rows, concepts, groups, title="head relevance (row mean 1)")
+
     # -- files ---------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Save as ``path/attnscope.json`` + ``path/tensors.safetensors`` (atomic); ``attnscope.load`` reads it."""
@@ -164,6 +182,30 @@ class HeadRelevance:
 
 # -- the HRV a pipeline's selective-head methods use ---------------------------------------------------
 _ATTACHED: "weakref.WeakKeyDictionary[Any, HeadRelevance]" = weakref.WeakKeyDictionary()
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two vectors (tied values share their mean rank); 0 when one is constant.
+
+        >>> spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0]))
+        0.5
+    """
+    ra, rb = _ranks(torch.as_tensor(a).double().flatten()), _ranks(torch.as_tensor(b).double().flatten())
+    if ra.numel() != rb.numel():
+        raise ValueError(f"Vectors of {ra.numel()} and {rb.numel()} values cannot be rank-correlated.")
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float((ra.square().sum() * rb.square().sum()).sqrt())
+    return round(float((ra * rb).sum()) / denominator, 6) if denominator > 0 else 0.0
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    order = torch.sort(values, stable=True).indices
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(len(values), dtype=values.dtype)
+    for value in values.unique():  # ties: the mean of their ranks
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
 
 
 def attach(pipe: Any, hrv: HeadRelevance | str | os.PathLike) -> HeadRelevance:

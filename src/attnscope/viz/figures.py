@@ -1,4 +1,4 @@
-"""Small figures drawn with PIL only: labelled panels side by side, and a line chart.
+"""Small figures drawn with PIL only: labelled panels side by side, a line chart and a heat map.
 
 Example:
     >>> import torch
@@ -7,6 +7,8 @@ Example:
     True
     >>> line_chart({"MoRHF": ([0, 1, 11], [1.0, 0.7, 0.2])}, x_label="k").size
     (480, 320)
+    >>> matrix_image(torch.rand(2, 6), ["colour", "shape"], [("down", 2), ("up", 4)]).size[1] > 2 * CELL
+    True
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ MIN_PANEL = 160
 LABEL_HEIGHT = 16
 CHART_SIZE = (480, 320)
 CHART_MARGIN = 44
+#: Side of one heat-map cell and width of its row labels, in pixels.
+CELL, ROW_LABEL_WIDTH = 14, 80
 #: Line colours of the chart, cycled.
 COLOURS = ((200, 40, 40), (40, 80, 220), (30, 150, 60), (220, 140, 0), (140, 50, 180))
 
@@ -78,4 +82,37 @@ def line_chart(series: dict, *, x_label: str = "", y_label: str = "", title: str
         for px, py in points:
             draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=colour)
         draw.text((right - 70 * (len(series) - i), height - 14), label, fill=colour)  # legend under the axis
+    return canvas
+
+
+def matrix_image(values, row_labels: list[str], column_groups: list[tuple[str, int]], *, title: str = ""):
+    """A heat map of ``values`` (rows, columns), white at 0 to dark red at the maximum, each cell
+    printed with its value's colour only; ``column_groups`` ``[(label, n columns), ...]`` name runs of
+    columns (e.g. the heads of one layer), separated by lines. Returns a PIL image."""
+    from PIL import Image, ImageDraw
+
+    values = np.asarray(values, dtype=np.float64)
+    rows, columns = values.shape
+    if len(row_labels) != rows or sum(n for _, n in column_groups) != columns:
+        raise ValueError(f"Labels ({len(row_labels)} rows, {sum(n for _, n in column_groups)} columns) do not "
+                         f"match the values' shape {values.shape}.")
+    top = LABEL_HEIGHT * 2
+    canvas = Image.new("RGB", (ROW_LABEL_WIDTH + columns * CELL + 60, top + rows * CELL + 3 * LABEL_HEIGHT), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), title, fill="black")
+    peak = values.max() if values.size and values.max() > 0 else 1.0
+    for r in range(rows):
+        draw.text((2, top + r * CELL + 1), row_labels[r][: ROW_LABEL_WIDTH // 6], fill="black")
+        for c in range(columns):
+            level = float(np.clip(values[r, c] / peak, 0.0, 1.0))
+            colour = (255 - int(80 * level), int(255 * (1 - level)), int(255 * (1 - level)))
+            x, y = ROW_LABEL_WIDTH + c * CELL, top + r * CELL
+            draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=colour)
+    x, bottom = ROW_LABEL_WIDTH, top + rows * CELL
+    for i, (label, n) in enumerate(column_groups):
+        draw.line((x, top, x, bottom), fill="black")
+        draw.text((x + 1, bottom + 2 + LABEL_HEIGHT * (i % 2)), label, fill="black")
+        x += n * CELL
+    draw.line((x, top, x, bottom), fill="black")
+    draw.text((x + 4, top), f"max {peak:.2f}", fill="black")
     return canvas
