@@ -115,7 +115,7 @@ def test_stored_block_is_the_models_softmax(name, kw, cfg, request):
     torch.testing.assert_close(mass, torch.full_like(mass, STEPS), atol=1e-4, rtol=0)
 
 
-def test_sd3_tokens_are_clip_then_t5(sd3_pipe):
+def test_sd3_tokens_are_clip_then_t5(sd3_pipe, tmp_path):
     with attnscope.trace(sd3_pipe) as tc:
         run(sd3_pipe, guidance_scale=4.0)
     gen = tc.generation()
@@ -125,6 +125,8 @@ def test_sd3_tokens_are_clip_then_t5(sd3_pipe):
     # padding excluded: CLIP start + tokens + end, then T5 tokens + end
     assert heat.tokens[0] == ["<|startoftext|>", *clip, "<|endoftext|>", *t5, "</s>"]
     assert gen.token_sources(0) == ["clip"] * (len(clip) + 2) + ["t5"] * (len(t5) + 1)
+    assert heat.sources(0) == gen.token_sources(0)  # the result carries the labels, also through a file
+    assert attnscope.load(heat.save(tmp_path / "heat")).sources(0) == gen.token_sources(0)
     giraffe = heat.word_tokens(0)[-1]
     assert giraffe.text == "giraffe" and [heat.tokens[0][t] for t in giraffe.tokens] == ["gir", "a", "f", "f", "e</w>", "▁gir", "affe"]
     assert heat.words(0) == ["a", "cat", "and", "a", "giraffe"]  # each word once, both encoders' tokens
@@ -141,6 +143,7 @@ def test_flux_tokens_are_t5(flux_pipe):
     assert heat.tokens[0][:7] == ["▁a", "▁cat", "▁and", "▁a", "▁gir", "affe", "</s>"]
     assert next(iter(heat.maps.values())).shape[2] == 7  # padding excluded
     assert heat.words(0) == ["a", "cat", "and", "a", "giraffe"] and heat.word_tokens(0)[-1].tokens == (4, 5)
+    assert set(heat.sources(0)) == {"t5"} and len(heat.sources(0)) == len(heat.tokens[0])
 
 
 @pytest.mark.parametrize("name,kw", [("sd3_pipe", {"guidance_scale": 4.0}), ("flux_pipe", {})])

@@ -31,6 +31,8 @@ class Generation:
         segments: the ids of every prompt segment (:mod:`attnscope.core.prompt`) when the denoiser
             sees more than one (SD3: CLIP then T5); stored token ``i`` is then text position
             ``kept_tokens()[i]``. Empty for one segment: stored tokens are its leading positions.
+        source: the tokenizer of a single segment (``"text"``, Flux's ``"t5"``, SD3's ``"clip"``
+            without T5): every stored token's label when ``segments`` is empty.
         extras: what trace extensions (e.g. ConceptAttention's concept stream) record, by name.
     """
 
@@ -52,6 +54,7 @@ class Generation:
     images: torch.Tensor | None = None
     skipping: bool = False
     segments: list[SegmentIds] = field(default_factory=list)
+    source: str = "text"
     extras: dict = field(default_factory=dict)
     _decoded: list = field(default_factory=list)
     _kept: int | torch.Tensor | None = None
@@ -89,7 +92,7 @@ class Generation:
         """Per stored token, the name of the prompt segment (tokenizer) that produced it."""
         if self.segments:
             return token_labels(self.segments, self._stored_positions(), prompt)[1]
-        return ["text"] * len(self.token_strings(prompt))
+        return [self.source] * len(self.token_strings(prompt))
 
     def _stored_positions(self) -> torch.Tensor:
         kept = self._kept

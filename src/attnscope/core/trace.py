@@ -256,6 +256,7 @@ class Trace(ExtensionHost):
             prompt_ids=ids,
             tokenizer=tokenizer,
             segments=segments,
+            source=self.segments[0].name if self.segments else "text",
             cfg=bool(cfg),
             batch=batch,
             latent_hw=latent_hw,

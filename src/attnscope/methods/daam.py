@@ -47,6 +47,8 @@ class DAAMResult(MapResult):
         images: ``(images, H, W, 3)`` uint8 as decoded, or None.
         meta: model, seed, steps, settings and version — everything needed to reproduce.
         per_step: ``{layer name: (steps, images, heads, tokens, h, w)}`` when the trace kept steps.
+        token_sources: per prompt, the tokenizer (prompt segment) of each stored token: ``"text"``
+            for one tokenizer; SD3's ``"clip"`` / ``"t5"`` (see :meth:`sources`).
     """
 
     kind: ClassVar[str] = "daam"
@@ -63,6 +65,7 @@ class DAAMResult(MapResult):
     images: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
     per_step: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_sources: list[list[str]] = field(default_factory=list)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -106,6 +109,7 @@ class DAAMResult(MapResult):
             images=gen.images,
             meta=record,
             per_step=per_step,
+            token_sources=[gen.token_sources(p) for p in prompts],
         )
 
     # -- words ---------------------------------------------------------------------------------
@@ -137,6 +141,14 @@ class DAAMResult(MapResult):
                 return (f"{query!r} was cut: the prompt is longer than the text encoder's {context}-token "
                         "context; shorten the prompt.")
         return None
+
+    def sources(self, image: int = 0) -> list[str]:
+        """Per stored token of ``image``'s prompt, the tokenizer that produced it (parallel to
+        ``tokens``): ``"text"`` for a single tokenizer, e.g. ``"clip"`` then ``"t5"`` on SD3."""
+        image = self.check_image(image)
+        if not self.token_sources:
+            return ["text"] * len(self.tokens[self.prompt_of_image[image]]) if self.tokens else []
+        return list(self.token_sources[self.prompt_of_image[image]])
 
     def word_tokens(self, image: int = 0) -> list[Word]:
         """The prompt's words of ``image`` with their token positions (repeated words stay apart)."""
@@ -248,6 +260,7 @@ class DAAMResult(MapResult):
             "layers": [l.to_dict() for l in self.layers],
             "head_index": self.head_index,
             "tokens": self.tokens,
+            "token_sources": self.token_sources,
             "words": [[[w.text, list(w.tokens)] for w in ws] for ws in self.words_by_prompt],
             "prompt_of_image": self.prompt_of_image,
             "image_hw": list(self.image_hw),
@@ -275,6 +288,7 @@ class DAAMResult(MapResult):
                 images=tensors.get("images"),
                 meta=record["meta"],
                 per_step={k[5:]: v for k, v in tensors.items() if k.startswith("step/")},
+                token_sources=[list(map(str, s)) for s in record.get("token_sources", [])],
             )
         except KeyError as err:
             raise ResultFileError(f"field {err} is missing; save the result again.") from None
