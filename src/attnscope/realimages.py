@@ -52,7 +52,7 @@ def trace_images(pipe, images: Any, prompt: str | Sequence[str] = "", *, noise: 
     """Trace one denoising pass per noise draw on real ``images``; returns the finished trace.
 
     Args:
-        pipe: a pipeline with an adapter that can encode images (SD 1.x/2.x, SD3, SD3.5, Flux).
+        pipe: a pipeline with an adapter that can encode images (SD 1.x/2.x, SDXL, SD3, SD3.5, Flux).
         images: PIL images or uint8 ``(n, H, W, 3)``; sizes must suit the pipeline (multiples of
             ``adapter.size_multiple()``).
         prompt: one prompt for every image, or one per image (ConceptAttention needs none).

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnscope.realimages import trace_images
-from attnscope.testing import tiny_flux_pipeline, tiny_sd3_pipeline
+from attnscope.testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 IMAGES = (np.random.default_rng(0).random((2, 32, 48, 3)) * 255).astype(np.uint8)
 
@@ -23,6 +23,11 @@ def flux_pipe():
     return tiny_flux_pipeline()
 
 
+@pytest.fixture(scope="module")
+def sdxl_pipe():
+    return tiny_sdxl_pipeline()
+
+
 def test_flux_packing_is_the_pipelines(flux_pipe):
     from diffusers import FluxPipeline
 
@@ -34,7 +39,7 @@ def test_flux_packing_is_the_pipelines(flux_pipe):
     assert torch.equal(ids, FluxPipeline._prepare_latent_image_ids(2, 6, 4, "cpu", latents.dtype))
 
 
-@pytest.mark.parametrize("name", ["sd3_pipe", "flux_pipe", "sd_pipe"])
+@pytest.mark.parametrize("name", ["sd3_pipe", "flux_pipe", "sd_pipe", "sdxl_pipe"])
 def test_draws_are_averaged_calls_of_one_generation(name, request):
     pipe = request.getfixturevalue(name)
     prompt = ["a cat and a giraffe", "a dog"]
@@ -46,6 +51,26 @@ def test_draws_are_averaged_calls_of_one_generation(name, request):
     for name_, maps in second.maps.items():
         torch.testing.assert_close(heat.per_step[name_][1], maps, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(heat.per_step[name_][0], heat.per_step[name_][1])
+
+
+def test_sdxl_pass_is_conditioned_as_its_pipeline_conditions_the_unet(sdxl_pipe):
+    """The one pass gets the prompt states, pooled text embedding and time ids the SDXL pipeline gives
+    its UNet for an image of that size (no guidance, so no negative half)."""
+    from attnscope.adapters import adapter_for
+
+    seen = []
+    handle = sdxl_pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    try:
+        sdxl_pipe(["a cat and a giraffe", "a dog"], height=32, width=48, num_inference_steps=1, guidance_scale=1.0,
+                  output_type="latent")
+    finally:
+        handle.remove()
+    adapter = adapter_for(sdxl_pipe)
+    factor = sdxl_pipe.vae_scale_factor
+    ours = adapter.unet_kwargs(adapter.condition(["a cat and a giraffe", "a dog"]), (32 // factor, 48 // factor))
+    torch.testing.assert_close(ours["encoder_hidden_states"], seen[0]["encoder_hidden_states"])
+    for key in ("text_embeds", "time_ids"):
+        torch.testing.assert_close(ours["added_cond_kwargs"][key], seen[0]["added_cond_kwargs"][key])
 
 
 def test_concepts_on_real_images_stop_after_the_last_joint_block(flux_pipe):

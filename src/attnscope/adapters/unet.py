@@ -91,9 +91,18 @@ class UNetAdapter(Adapter):
     # -- one denoising pass on given latents -------------------------------------------------------
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
-        pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+        # SDXL's VAE overflows in float16 (its config says force_upcast): encode in float32, as its pipeline decodes
+        upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        dtype = torch.float32 if upcast else vae.dtype
         with torch.no_grad():
-            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            if upcast:
+                vae.to(torch.float32)
+            try:
+                latents = vae.encode(pixels.to(device=vae.device, dtype=dtype)).latent_dist.mean
+            finally:
+                if upcast:
+                    vae.to(torch.float16)
+        return (latents * vae.config.scaling_factor).to(self.pipe.unet.dtype)
 
     def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, level: float):
         scheduler = self.pipe.scheduler
@@ -102,13 +111,31 @@ class UNetAdapter(Adapter):
         return scheduler.add_noise(latents, noise.to(latents), steps), timestep
 
     def condition(self, prompts: list[str]) -> dict:
-        if getattr(self.pipe, "text_encoder_2", None) is not None:
-            raise NotImplementedError("One-pass denoising of real images supports Stable Diffusion 1.x / 2.x "
-                                      "pipelines; SDXL's added conditioning is not wired yet.")
+        device = self.pipe.unet.device
         with torch.no_grad():
-            embeds, _ = self.pipe.encode_prompt(prompts, self.pipe.unet.device, 1, False)
-        return {"encoder_hidden_states": embeds}
+            if getattr(self.pipe, "text_encoder_2", None) is None:
+                embeds, _ = self.pipe.encode_prompt(prompts, device, 1, False)
+                return {"encoder_hidden_states": embeds}
+            # SDXL: both encoders' penultimate states, and the second's pooled projection for the added conditioning
+            embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                           do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": embeds, "pooled": pooled}
+
+    def unet_kwargs(self, condition: dict, latent_hw: tuple[int, int]) -> dict:
+        """The UNet's conditioning for latents of ``latent_hw``: the prompt states, and for SDXL the
+        added text-time conditioning its pipeline passes by default (original = target = the image
+        size, no crop)."""
+        kwargs = {"encoder_hidden_states": condition["encoder_hidden_states"]}
+        pooled = condition.get("pooled")
+        if pooled is not None:
+            size = self.image_hw(latent_hw)
+            projection = int(self.pipe.text_encoder_2.config.projection_dim)
+            time_ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=pooled.dtype,
+                                                   text_encoder_projection_dim=projection)
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled,
+                                           "time_ids": time_ids.to(pooled.device).repeat(pooled.shape[0], 1)}
+        return kwargs
 
     def denoise_call(self, noisy: torch.Tensor, timestep, condition: dict) -> None:
         with torch.no_grad():
-            self.pipe.unet(noisy, timestep, condition["encoder_hidden_states"])
+            self.pipe.unet(noisy, timestep, **self.unet_kwargs(condition, self.latent_hw(noisy)))
