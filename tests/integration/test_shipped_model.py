@@ -77,6 +77,45 @@ def test_eval_runs_and_reports_baselines(tmp_path, protocol):
     assert (out / "results.md").is_file() and (out / "examples_daam.png").is_file()
 
 
+def test_per_head_scores_every_head_and_one_head_is_the_whole_map(tmp_path):
+    from attnscope.cli import main
+    from attnscope.eval.heads import summarize_heads
+    from attnscope.eval.runner import run_real
+    from attnscope.datasets.shapes import make_scenes
+
+    out = tmp_path / "heads"
+    assert main(["eval", "--protocol", "real", "--n", "3", "--batch", "3", "--per-head", "--out", str(out)]) == 0
+    per_head = json.loads((out / "results.json").read_text())["per_head"]
+    assert set(per_head) <= {"color", "shape", "size"} and "Per-head mIoU (28 heads" in (out / "results.md").read_text()
+    for row in per_head.values():
+        values = list(row["per head"].values())
+        assert len(values) == 28 and row["best"] == max(values) and row["worst"] == min(values)
+        assert row["heads above all-head map"] == sum(v > row["all heads"] for v in values)
+    # a trace that stores one head: that head's own score is the all-head (DAAM) score, pair by pair
+    pipe = attnscope.load_pipeline("shapes-unet", device="cpu")
+    scenes = make_scenes(0, 2, split="test")
+    from attnscope.realimages import trace_images
+    from attnscope.eval.runner import collect_pairs, binarize
+    from attnscope.eval.metrics import iou
+
+    tc = trace_images(pipe, np.stack([s.image for s in scenes]), [s.caption for s in scenes],
+                      layers=["down_blocks.0.attentions.0.transformer_blocks.0.attn2"], heads=[1])
+    pairs = collect_pairs({"daam": tc.daam()}, scenes, [s.word_masks for s in scenes], per_head="daam")
+    assert pairs and all(p.head_names == (p.head_names[0],) for p in pairs)
+    for p in pairs:
+        assert p.heads.tolist() == [iou(binarize("daam", p.soft["daam"]), p.gt)]
+    assert summarize_heads(pairs)[pairs[0].kind]["pairs"] == sum(q.kind == pairs[0].kind for q in pairs)
+
+
+def test_per_head_needs_daam(tmp_path, capsys):
+    from attnscope.cli import main
+
+    assert main(["eval", "--protocol", "real", "--n", "2", "--methods", "concept_attention", "--per-head",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--per-head scores DAAM's heads one by one; add daam to --methods." in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_eval_gate_only_traces_nothing(tmp_path):
     from attnscope.cli import main
 

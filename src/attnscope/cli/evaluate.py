@@ -35,6 +35,8 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--noise", type=float, default=0.5, help="noise level as a fraction of the schedule (real protocol)")
     ev.add_argument("--draws", type=int, default=1, help="noise draws averaged (real protocol)")
     ev.add_argument("--batch", type=int, default=25, help="images per pipeline call")
+    ev.add_argument("--per-head", action="store_true",
+                    help="also score every attention head's own DAAM map, by word kind (the spread across heads)")
     ev.add_argument("--out", type=Path, default=Path("attnscope-eval"), help="folder for results.json, results.md and figures")
     ev.add_argument("--device", help="cpu, cuda, cuda:1, mps … (default: cuda if available)")
     ev.add_argument("--dtype", choices=DTYPES, help="default: float32 (the benchmark's reference precision)")
@@ -62,6 +64,7 @@ def cmd_compare(args) -> int:
 def cmd_eval(args) -> int:
     from ..datasets.coco import load_coco
     from ..datasets.shapes import make_scenes
+    from ..eval.heads import heads_markdown, summarize_heads
     from ..eval.gate import drawn_instead, missed_by_size, missed_objects, pass_rates
     from ..eval.report import example_grid, sample_grid, write_report
     from ..eval.runner import run_generated, run_real, summarize
@@ -80,6 +83,8 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--batch must be at least 1 (got {args.batch}).")
     if args.draws < 1:
         raise CLIError(f"--draws must be at least 1 (got {args.draws}).")
+    if args.per_head and "daam" not in args.methods:
+        raise CLIError("--per-head scores DAAM's heads one by one; add daam to --methods.")
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be at least 1 (got {args.steps}).")
     if args.coco is not None and not args.coco.is_dir():
@@ -110,7 +115,8 @@ def cmd_eval(args) -> int:
         steps = args.steps or defaults.get("num_inference_steps", 20)
         guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale", 7.5)
         pairs, records, images = run_generated(pipe, scenes, args.methods, steps=steps, guidance=guidance,
-                                               batch=args.batch, seed=args.seed, progress=progress)
+                                               batch=args.batch, seed=args.seed, progress=progress,
+                                               per_head=args.per_head)
         gate = sum(r["match"] for r in records) / len(records)
         header.update(steps=steps, guidance=guidance, quality_gate=round(gate, 4),
                       colors_exact=round(sum(r["colors_exact"] for r in records) / len(records), 4),
@@ -124,10 +130,13 @@ def cmd_eval(args) -> int:
         sample_grid(images, records, args.out / "samples.png")
     else:
         pairs, images = run_real(pipe, scenes, args.methods, noise=args.noise, draws=args.draws,
-                                 batch=args.batch, seed=args.seed, progress=progress)
+                                 batch=args.batch, seed=args.seed, progress=progress, per_head=args.per_head)
         header.update(noise=args.noise, draws=args.draws, scored_pairs=len(pairs))
     print(file=sys.stderr)
     table = summarize(pairs, args.methods, seed=args.seed) if args.methods else {}
+    if args.per_head and pairs:
+        header["per_head"] = summarize_heads(pairs)
+        extra = "\n\n".join(part for part in (extra, heads_markdown(header["per_head"])) if part)
     header["seconds"] = round(time.time() - start, 1)
     write_report(args.out, header, table, extra, per_image=records)
     for method in args.methods:

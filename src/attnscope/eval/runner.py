@@ -30,6 +30,7 @@ from ..datasets.detect import detect, masks_for_words, match_objects
 from ..methods import get_method
 from ..methods.base import DEFAULT_THRESHOLD, threshold_map
 from . import metrics
+from .heads import head_names, score_heads
 
 SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
 
@@ -46,6 +47,9 @@ class Pair:
     #: which of the caption's objects the word is about (0: the first named) and how many it names
     object_index: int = 0
     n_objects: int = 1
+    #: IoU of each stored head's own map (``per_head=`` runs only; :mod:`attnscope.eval.heads`)
+    heads: np.ndarray | None = None
+    head_names: tuple = ()
 
     @property
     def caption_position(self) -> str | None:
@@ -71,16 +75,17 @@ def _words_match(result, image: int, scene) -> list:
     return words
 
 
-def collect_pairs(results: dict, scenes, gts, offset: int = 0, words_from=None) -> list[Pair]:
+def collect_pairs(results: dict, scenes, gts, offset: int = 0, words_from=None, per_head: str | None = None) -> list[Pair]:
     """Score-ready pairs from ``{method name: result}`` of one traced batch of ``scenes``.
 
     Token-keyed methods are read at each word's token positions, concept-keyed ones by the word
     itself; ``words_from`` (a token-keyed result; default: the first of ``results``) says which
-    caption words the model read.
+    caption words the model read. ``per_head`` names a result whose every head is also scored alone.
     """
     pairs = []
     reference = words_from if words_from is not None else next(iter(results.values()))
     by_concept = {name: get_method(name).keyed_by == "concepts" for name in results}
+    names = tuple(head_names(results[per_head])) if per_head is not None else ()
     for i, (scene, gt) in enumerate(zip(scenes, gts)):
         words = _words_match(reference, i, scene)
         for index, mask in gt.items():
@@ -92,6 +97,9 @@ def collect_pairs(results: dict, scenes, gts, offset: int = 0, words_from=None) 
                 for name, result in results.items():
                     key = scene.words[index] if by_concept[name] else list(words[index].tokens)
                     pair.soft[name] = result.raw_map(key, i).numpy()
+            if per_head is not None:
+                pair.heads = score_heads(results[per_head], i, words[index].tokens, pair.gt)
+                pair.head_names = names
             pairs.append(pair)
     return pairs
 
@@ -113,13 +121,23 @@ def trace_options(methods, scenes) -> dict:
     return options
 
 
-def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=0, progress=None):
+def _per_head_method(methods, per_head: bool) -> str | None:
+    if not per_head:
+        return None
+    if "daam" not in methods:
+        raise ValueError("per_head=True scores DAAM's heads one by one; include 'daam' in the methods.")
+    return "daam"
+
+
+def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=0, progress=None, per_head=False):
     """Generate from every scene's caption; returns (pairs, per-image records, images).
 
     With no ``methods`` nothing is traced: only the quality gate is measured (any pipeline works).
+    ``per_head`` also scores each of DAAM's heads alone (``Pair.heads``).
     """
     if batch < 1:
         raise ValueError(f"batch={batch} must be at least 1.")
+    head_method = _per_head_method(methods, per_head)
     pairs, records, images = [], [], []
     context = adapter_for(pipe).context_length() if methods else _context_length(pipe)
     for start in range(0, len(scenes), batch):
@@ -147,27 +165,29 @@ def run_generated(pipe, scenes, methods, steps=20, guidance=4.0, batch=25, seed=
             gts.append(masks_for_words(found, scene))
         if methods:
             results, words_from = read_methods(tc, methods)
-            pairs += collect_pairs(results, chunk, gts, offset=start, words_from=words_from)
+            pairs += collect_pairs(results, chunk, gts, offset=start, words_from=words_from, per_head=head_method)
         images += arrays
         if progress:
             progress(len(images), len(scenes))
     return pairs, records, images
 
 
-def run_real(pipe, scenes, methods, noise=0.5, draws=1, batch=25, seed=0, progress=None):
+def run_real(pipe, scenes, methods, noise=0.5, draws=1, batch=25, seed=0, progress=None, per_head=False):
     """One denoising pass per noise draw on noised dataset images (:func:`attnscope.realimages.trace_images`;
     the draws of a batch sum into one generation); ground truth is the dataset's exact masks."""
     from ..realimages import trace_images
 
     if batch < 1:
         raise ValueError(f"batch={batch} must be at least 1.")
+    head_method = _per_head_method(methods, per_head)
     pairs, images = [], []
     for start in range(0, len(scenes), batch):
         chunk = scenes[start : start + batch]
         tc = trace_images(pipe, np.stack([s.image for s in chunk]), [s.caption for s in chunk], noise=noise,
                           draws=draws, seed=seed * 7919 + start * 31, **trace_options(methods, chunk))
         results, words_from = read_methods(tc, methods)
-        pairs += collect_pairs(results, chunk, [s.word_masks for s in chunk], offset=start, words_from=words_from)
+        pairs += collect_pairs(results, chunk, [s.word_masks for s in chunk], offset=start, words_from=words_from,
+                               per_head=head_method)
         images += [s.image for s in chunk]
         if progress:
             progress(len(images), len(scenes))
