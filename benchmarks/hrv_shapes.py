@@ -66,12 +66,25 @@ def segmentation(pipe, hrv, scenes, steps, guidance, batch, out: Path) -> tuple[
                 for w in scene.word_kinds:
                     if scene.word_kinds[w] in ("color", "shape"):
                         diagnose(selective, scene.words[w], i).save(out / f"diagnose_{i}_{scene.words[w]}.png")
+    return summarize(pairs, METHODS), pooled_sweep(sweep_rows, ks)
+
+
+def pooled_sweep(sweep_rows: list[list[dict]], ks) -> list[dict]:
+    """One k sweep from the sweeps of several batches (:func:`k_sweep` rows), weighted by their pairs."""
     sweep = []
     for j, k in enumerate(ks):
         n = sum(rows[j]["pairs"] for rows in sweep_rows)
         sweep.append({"k": k, "pairs": n, **{m: sum(rows[j][m] * rows[j]["pairs"] for rows in sweep_rows) / max(1, n)
                                             for m in ("top", "bottom")}})
-    return summarize(pairs, METHODS), sweep
+    return sweep
+
+
+def shipped_unet(device=None) -> tuple:
+    """The shipped shapes-unet with its default steps and guidance: ``(pipe, steps, guidance)``."""
+    pipe = attnscope.load_pipeline("shapes-unet", device=device)
+    pipe.set_progress_bar_config(disable=True)
+    defaults = model_defaults("shapes-unet")
+    return pipe, defaults["num_inference_steps"], defaults["guidance_scale"]
 
 
 def word_swaps(pipe, hrv, n, steps, guidance) -> dict:
@@ -120,10 +133,8 @@ def main():
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe = attnscope.load_pipeline("shapes-unet", device=args.device)
-    pipe.set_progress_bar_config(disable=True)
-    defaults = model_defaults("shapes-unet")
-    steps, guidance = args.steps or defaults["num_inference_steps"], defaults["guidance_scale"]
+    pipe, steps, guidance = shipped_unet(args.device)
+    steps = args.steps or steps
     timings, report = {}, {"model": "shapes-unet", "steps": steps, "guidance": guidance}
 
     start = time.perf_counter()
