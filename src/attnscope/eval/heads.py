@@ -62,12 +62,12 @@ def summarize_heads(pairs, method: str = "daam") -> dict:
         per_head = np.mean([p.heads for p in members], axis=0)
         every = metrics.mean_iou([(binarize(method, p.soft[method]), p.gt) for p in members])
         order = np.argsort(-per_head, kind="stable")
-        out[kind] = {"pairs": len(members), "all heads": round(float(every), 4),
-                     "best head": names[order[0]], "best": round(float(per_head[order[0]]), 4),
-                     "median": round(float(np.median(per_head)), 4),
-                     "worst head": names[order[-1]], "worst": round(float(per_head[order[-1]]), 4),
+        out[kind] = {"pairs": len(members), "all heads": round(float(every), 6),
+                     "best head": names[order[0]], "best": round(float(per_head[order[0]]), 6),
+                     "median": round(float(np.median(per_head)), 6),
+                     "worst head": names[order[-1]], "worst": round(float(per_head[order[-1]]), 6),
                      "heads above all-head map": int((per_head > every).sum()),
-                     "per head": {n: round(float(v), 4) for n, v in zip(names, per_head)}}
+                     "per head": {n: round(float(v), 6) for n, v in zip(names, per_head)}}
     return out
 
 
