@@ -144,15 +144,18 @@ def test_real_protocol_needs_a_method(tmp_path, capsys):
 DEMO = "a red circle to the left of a blue square"
 
 
-def test_demo_prompt_object_words_localise():
+@pytest.mark.parametrize("model", ["shapes-unet", "shapes-mmdit"])
+def test_demo_prompt_object_words_localise(model):
     """The Quick start's demo: each object word's map is hotter on its own object than on the rest of
     the image and on the other object, and its mask covers under half of the image."""
     from attnscope.datasets.detect import detect
+    from attnscope.pipelines import model_defaults
 
-    pipe = attnscope.load_pipeline("shapes-unet", device="cpu")
+    pipe = attnscope.load_pipeline(model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     with attnscope.trace(pipe) as tc:
-        out = pipe(DEMO, num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="np")
+        out = pipe(DEMO, num_inference_steps=20, guidance_scale=model_defaults(model)["guidance_scale"],
+                   generator=torch.Generator().manual_seed(0), output_type="np")
     image = (out.images[0] * 255).round().astype(np.uint8)
     found = {(d.color, d.shape): d.mask for d in detect(image)}
     objects = {"red": ("red", "circle"), "circle": ("red", "circle"), "blue": ("blue", "square"), "square": ("blue", "square")}

@@ -34,6 +34,10 @@ def markdown_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+#: Header entries too long for the markdown list (``per_head``: one value per head; the markdown has its table).
+JSON_ONLY = ("per_head",)
+
+
 def write_report(out: Path, header: dict, table: dict, extra_markdown: str = "", per_image: list | None = None) -> None:
     """``results.json`` holds everything; ``results.md`` the header and table (``per_image`` records,
     which let ``attnscope compare`` pair two gates, go to the JSON only)."""
@@ -41,7 +45,7 @@ def write_report(out: Path, header: dict, table: dict, extra_markdown: str = "",
     extra_json = {} if per_image is None else {"per_image": per_image}
     (out / "results.json").write_text(json.dumps({**header, **extra_json, "table": table}, indent=1, default=float))
     lines = [f"# {header.get('title', 'Segmentation benchmark')}", ""]
-    lines += [f"- {k}: {v}" for k, v in header.items() if k != "title"]
+    lines += [f"- {k}: {v}" for k, v in header.items() if k not in ("title", *JSON_ONLY)]
     if table:  # a quality-gate-only run scores no maps, so it has no table
         lines += ["", markdown_table(table)]
     lines += ["", extra_markdown]
