@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..methods import binarize
 from ..methods.base import threshold_map
 from . import metrics
 
@@ -50,8 +51,6 @@ def summarize_heads(pairs, method: str = "daam") -> dict:
 
     ``pairs`` are :class:`attnscope.eval.runner.Pair` with ``heads`` and ``head_names`` filled.
     """
-    from .runner import binarize
-
     scored = [p for p in pairs if p.heads is not None]
     if not scored:
         return {}

@@ -27,8 +27,8 @@ import torch
 from ..adapters import adapter_for
 from ..core.trace import trace
 from ..datasets.detect import detect, masks_for_words, match_objects
-from ..methods import get_method
-from ..methods.base import DEFAULT_THRESHOLD, threshold_map
+from ..methods import binarize, get_method
+from ..methods.base import DEFAULT_THRESHOLD
 from . import metrics
 from .heads import head_names, score_heads
 
@@ -57,12 +57,6 @@ class Pair:
         if self.n_objects < 2 or 0 < self.object_index < self.n_objects - 1:
             return None
         return "first-named" if self.object_index == 0 else "last-named"
-
-
-def binarize(name: str, raw: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """A method's map as a mask, under that method's own threshold rule (methods.base)."""
-    rule = get_method(name).result_type.threshold_rule
-    return threshold_map(torch.from_numpy(np.asarray(raw)), rule, threshold).numpy()
 
 
 def _words_match(result, image: int, scene) -> list:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from ..hrv.vectors import HeadRelevance
-from .base import MapResult, Method
+from .base import MapResult, Method, threshold_map
 from .concept_attention import ConceptAttention, ConceptAttentionResult, ConceptCrossAttention
 from .concept_stream import ConceptStream
 from .daam import DAAM, DAAMResult
@@ -64,6 +64,16 @@ def get_method(name: str, **options) -> Method:
     if name not in _METHODS:
         raise KeyError(f"Unknown method {name!r}; available: {', '.join(available_methods())}.")
     return _METHODS[name](**options)
+
+
+def binarize(name: str, raw, threshold: float | None = None):
+    """A method's un-normalised map (numpy) as a boolean mask, under that method's own threshold rule
+    (:func:`attnscope.methods.base.threshold_map`; ``threshold`` defaults to the rule's τ)."""
+    import numpy as np
+    import torch
+
+    rule = get_method(name).result_type.threshold_rule
+    return threshold_map(torch.from_numpy(np.asarray(raw)), rule, threshold).numpy()
 
 
 def load(path: str | os.PathLike) -> MapResult:
