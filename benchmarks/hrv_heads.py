@@ -45,7 +45,7 @@ from attnscope.eval.runner import binarize, collect_pairs, summarize
 from attnscope.hrv.vectors import spearman
 from attnscope.methods.selective import k_sweep
 from attnscope.realimages import trace_images
-from hrv_shapes import SWEEP_FRACTIONS, pooled_sweep, shipped_unet  # benchmarks/ is the script's folder
+from hrv_shapes import SWEEP_FRACTIONS, pooled_sweep, start_run  # benchmarks/ is the script's folder
 
 METHODS = ("daam", "selective", "selective-bottom", "hrv-weighted")
 #: Word kinds of the dataset scored per head, and the HRV concept each belongs to.
@@ -231,10 +231,8 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pipe, steps, guidance = shipped_unet(args.device)
-    steps = args.steps or steps
-    timings, report = {}, {"model": "shapes-unet", "steps": steps, "guidance": guidance}
+    pipe, steps, guidance, report = start_run(args)
+    timings = {}
 
     clock = time.perf_counter()
     captions = [s.caption for s in make_scenes(0, args.prompts, split="train")]

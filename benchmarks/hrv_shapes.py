@@ -79,12 +79,15 @@ def pooled_sweep(sweep_rows: list[list[dict]], ks) -> list[dict]:
     return sweep
 
 
-def shipped_unet(device=None) -> tuple:
-    """The shipped shapes-unet with its default steps and guidance: ``(pipe, steps, guidance)``."""
-    pipe = attnscope.load_pipeline("shapes-unet", device=device)
+def start_run(args) -> tuple:
+    """``args.out`` made, the shipped shapes-unet loaded: ``(pipe, steps, guidance, report)`` with
+    ``args.steps`` or the model's default steps, its guidance, and the report's first entries."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    pipe = attnscope.load_pipeline("shapes-unet", device=args.device)
     pipe.set_progress_bar_config(disable=True)
     defaults = model_defaults("shapes-unet")
-    return pipe, defaults["num_inference_steps"], defaults["guidance_scale"]
+    steps, guidance = args.steps or defaults["num_inference_steps"], defaults["guidance_scale"]
+    return pipe, steps, guidance, {"model": "shapes-unet", "steps": steps, "guidance": guidance}
 
 
 def word_swaps(pipe, hrv, n, steps, guidance) -> dict:
@@ -132,10 +135,8 @@ def main():
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    pipe, steps, guidance = shipped_unet(args.device)
-    steps = args.steps or steps
-    timings, report = {}, {"model": "shapes-unet", "steps": steps, "guidance": guidance}
+    pipe, steps, guidance, report = start_run(args)
+    timings = {}
 
     start = time.perf_counter()
     captions = [s.caption for s in make_scenes(0, args.prompts, split="train")]
