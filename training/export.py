@@ -65,7 +65,17 @@ def export(pipe, out: Path, defaults: dict) -> Path:
             for module in halved:
                 module.to(torch.float32)
         (staging / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1))
+        drop_source_paths(staging)
     return out
+
+
+def drop_source_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` from the components' configs: diffusers records the folder a component
+    was loaded from (an absolute path on the training machine), which means nothing in a shipped model."""
+    for config in folder.glob("*/config.json"):
+        record = json.loads(config.read_text())
+        if record.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def parse_args(argv=None):

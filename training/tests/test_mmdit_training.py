@@ -122,6 +122,8 @@ def test_training_resumes_exports_a_stock_sd3_folder_and_keeps_the_text_side_fro
             assert torch.equal(value, expected), name  # the text side is frozen
 
     export_main(["mmdit", "--vae", str(tmp_path / "vae"), "--run", str(out), "--out", str(tmp_path / "model")])
+    configs = sorted((tmp_path / "model").glob("*/config.json"))
+    assert configs and not any("_name_or_path" in c.read_text() for c in configs)  # no training-machine paths
     again = DiffusionPipeline.from_pretrained(tmp_path / "model", text_encoder_3=None, tokenizer_3=None)
     assert isinstance(again, StableDiffusion3Pipeline)
     again.set_progress_bar_config(disable=True)
