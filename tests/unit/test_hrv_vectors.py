@@ -139,3 +139,11 @@ def test_plot_draws_one_row_per_concept_and_one_column_per_head():
     assert [cell(0, c) == white for c in range(3)] == [False, True, True]  # colour: head 0 only
     assert [cell(1, c) == white for c in range(3)] == [True, True, False]  # shape: the last head only
     assert cell(0, 0) == cell(1, 2)  # both rows' maxima (3.0) get the darkest colour
+
+
+def test_plot_of_a_published_size_matrix_stays_readable():
+    """SDXL's HRV has 1,300 heads in 70 layers: the cells shrink so the figure stays under 3,000 px wide."""
+    heads = [(f"layer{l}.attn2", h) for l in range(70) for h in range(20)][:1300]
+    hrv = HeadRelevance.from_counts(torch.randint(0, 5, (34, 1300)), [f"c{i}" for i in range(34)], heads)
+    image = hrv.plot()
+    assert image.size[0] < 3000 and image.size[1] > 34 * 10

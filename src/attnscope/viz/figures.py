@@ -20,8 +20,9 @@ MIN_PANEL = 160
 LABEL_HEIGHT = 16
 CHART_SIZE = (480, 320)
 CHART_MARGIN = 44
-#: Side of one heat-map cell and width of its row labels, in pixels.
-CELL, ROW_LABEL_WIDTH = 14, 80
+#: Side of one heat-map cell and width of its row labels, in pixels; wide maps (SDXL's 1,300 heads)
+#: shrink their cells to fit about MAX_MAP_WIDTH pixels, and label only layers wide enough for text.
+CELL, ROW_LABEL_WIDTH, MAX_MAP_WIDTH, MIN_LABELLED_WIDTH = 14, 80, 2800, 40
 #: Line colours of the chart, cycled.
 COLOURS = ((200, 40, 40), (40, 80, 220), (30, 150, 60), (220, 140, 0), (140, 50, 180))
 
@@ -97,7 +98,8 @@ def matrix_image(values, row_labels: list[str], column_groups: list[tuple[str, i
         raise ValueError(f"Labels ({len(row_labels)} rows, {sum(n for _, n in column_groups)} columns) do not "
                          f"match the values' shape {values.shape}.")
     top = LABEL_HEIGHT * 2
-    canvas = Image.new("RGB", (ROW_LABEL_WIDTH + columns * CELL + 60, top + rows * CELL + 3 * LABEL_HEIGHT), "white")
+    width = max(1, min(CELL, MAX_MAP_WIDTH // max(1, columns)))  # cell width; rows keep CELL pixels
+    canvas = Image.new("RGB", (ROW_LABEL_WIDTH + columns * width + 60, top + rows * CELL + 3 * LABEL_HEIGHT), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 2), title, fill="black")
     peak = values.max() if values.size and values.max() > 0 else 1.0
@@ -106,13 +108,14 @@ def matrix_image(values, row_labels: list[str], column_groups: list[tuple[str, i
         for c in range(columns):
             level = float(np.clip(values[r, c] / peak, 0.0, 1.0))
             colour = (255 - int(80 * level), int(255 * (1 - level)), int(255 * (1 - level)))
-            x, y = ROW_LABEL_WIDTH + c * CELL, top + r * CELL
-            draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=colour)
+            x, y = ROW_LABEL_WIDTH + c * width, top + r * CELL
+            draw.rectangle((x, y, x + width - 1, y + CELL - 1), fill=colour)
     x, bottom = ROW_LABEL_WIDTH, top + rows * CELL
     for i, (label, n) in enumerate(column_groups):
         draw.line((x, top, x, bottom), fill="black")
-        draw.text((x + 1, bottom + 2 + LABEL_HEIGHT * (i % 2)), label, fill="black")
-        x += n * CELL
+        if n * width >= MIN_LABELLED_WIDTH or width == CELL:
+            draw.text((x + 1, bottom + 2 + LABEL_HEIGHT * (i % 2)), label, fill="black")
+        x += n * width
     draw.line((x, top, x, bottom), fill="black")
     draw.text((x + 4, top), f"max {peak:.2f}", fill="black")
     return canvas
