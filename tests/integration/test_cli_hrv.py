@@ -17,6 +17,13 @@ def test_build_shards_merge_and_show(tmp_path, capsys):
     assert main(["hrv", "show", str(tmp_path / "all"), "--top", "2", "--concept", "shape"]) == 0
     shown = capsys.readouterr().out
     assert "| shape |" in shown and "| colour |" not in shown
+    assert main(["hrv", "show", str(tmp_path / "all"), "--plot", str(tmp_path / "hrv.png")]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "hrv.png").size[0] > hrv.n_heads  # one column per head
+    capsys.readouterr()
+    assert main(["hrv", "show", str(tmp_path / "all"), "--plot", str(tmp_path / "hrv.jpg")]) == 2
+    assert "must name a .png file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

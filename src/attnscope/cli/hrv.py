@@ -5,7 +5,7 @@ Example:
     $ attnscope hrv build --model CompVis/stable-diffusion-v1-4 --prompts prompts.txt --steps 50 \\
           --shard 0/4 --checkpoint runs/hrv-part0 --out runs/hrv-part0
     $ attnscope hrv merge runs/hrv-part0 runs/hrv-part1 runs/hrv-part2 runs/hrv-part3 --out runs/hrv-sd14
-    $ attnscope hrv show runs/hrv-sd14 --top 8
+    $ attnscope hrv show runs/hrv-sd14 --top 8 --plot runs/hrv-sd14.png
 """
 
 from __future__ import annotations
@@ -119,9 +119,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     hrv = _load(args.path)
     if args.concept is not None and args.concept not in hrv.concepts:
         raise CLIError(f"--concept {args.concept!r} is unknown; this HRV has: {', '.join(hrv.concepts)}")
+    plot = None if args.plot is None else Path(args.plot)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise CLIError(f"--plot {plot} must name a .png file.")
+    if plot is not None and not plot.parent.is_dir():
+        raise CLIError(f"--plot {plot}: folder {plot.parent} does not exist; create it first.")
     source = hrv.meta.get("source") or hrv.meta.get("model", "?")
     print(f"{args.path}: {hrv.matrix.shape[0]} concepts × {hrv.n_heads} heads ({source})")
     print(hrv.summary(args.top, concepts=None if args.concept is None else [args.concept]))
+    if plot is not None:
+        hrv.plot(concepts=None if args.concept is None else [args.concept]).save(plot)
+        print(f"wrote {plot}: concepts × heads heat map")
     return 0
 
 
@@ -167,6 +175,7 @@ def add_hrv_parser(sub) -> None:
     show.add_argument("path", help="a saved HRV folder")
     show.add_argument("--top", type=int, default=8, help="heads per concept")
     show.add_argument("--concept", help="show only this concept (default: every concept)")
+    show.add_argument("--plot", help="also write the concepts × heads heat map to this .png (default: none)")
     show.set_defaults(func=cmd_show)
     merge = inner.add_parser("merge", help="add up HRV shards built with --shard", formatter_class=HelpFormatter)
     merge.add_argument("parts", nargs="+", help="saved HRV shard folders")
