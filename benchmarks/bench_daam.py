@@ -26,6 +26,7 @@ import torch
 
 import attnscope
 from attnscope.testing import sd_proportioned_pipeline, tiny_sd_pipeline
+from reporting import emit  # benchmarks/ is the script's folder
 
 PROMPT = "a cat and a giraffe with a red hat"
 WORD = "giraffe"
@@ -188,10 +189,7 @@ def main():
         for mode, sizes in by_mode.items():
             lines.append(f"- {name}, {mode}: {sizes[0]} → {sizes[1]}")
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from attnscope.hrv.concepts import DEFAULT_CONCEPTS, encode_words
 from attnscope.hrv.construct import VoteCounter
 from attnscope.hrv.vectors import HeadRelevance
 from attnscope.testing import sd_proportioned_pipeline, tiny_sd_pipeline
+from reporting import emit  # benchmarks/ is the script's folder
 
 PROMPT = "a photo of a cat with a red hat"
 WORD, CONCEPT = "cat", "animal"
@@ -206,10 +207,7 @@ def main():
     for name, e in extras.items():
         lines.append(f"| {name} | {e['heads']} | {e['setup_s']:.3f} | {e['state_bytes']} | {e['largest_buffer_bytes']} |")
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

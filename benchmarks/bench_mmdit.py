@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import attnscope
+from reporting import emit  # benchmarks/ is the script's folder
 
 PROMPT = "a red circle to the left of a blue square"
 CONCEPTS = ["circle", "square", "background"]
@@ -188,7 +189,7 @@ def report(results: dict, memory: dict, args) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps (at least 2: the first call is warm-up)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     parser.add_argument("--memory", action="store_true", help="also measure peak memory per mode (fresh processes)")
@@ -196,6 +197,8 @@ def main():
     parser.add_argument("--child", nargs=2, metavar=("PIPELINE", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error(f"--steps {args.steps}: the direct cost skips each run's first call as warm-up; give at least 2.")
     torch.set_num_threads(args.threads)
     if args.child:
         child_peak(args.child[0], args.child[1], args.steps)
@@ -204,10 +207,7 @@ def main():
     measure = args.memory or args.memory_only
     memory = {name: peak_memory(name, args.steps) for name in args.pipelines} if measure else {}
     text = report(results, memory, args)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from attnscope.datasets.shapes import COLORS, SHAPES, make_scenes
 from attnscope.eval.metrics import iou
 from attnscope.methods import binarize
 from attnscope.realimages import trace_images
+from reporting import markdown_rows  # benchmarks/ is the script's folder
 
 KINDS = {"shape": list(SHAPES), "color": list(COLORS)}
 TEMPLATES = ("{w}", "a {w}", "a picture of a {w}")
@@ -94,12 +95,6 @@ def lone_words(pipe, scenes, batch) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> list[str]:
-    keys = list(rows[0])
-    return (["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
-            ["| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |" for r in rows])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -114,9 +109,9 @@ def main():
     report = {"model": args.model, "scenes": args.scenes, "concept_sets": concept_sets(pipe, scenes, args.batch),
               "selections": selections(pipe, scenes, args.batch), "lone_words": lone_words(pipe, scenes, args.batch)}
     lines = [f"# ConceptAttention diagnostics on {args.model} ({args.scenes} real scenes, noise 0.5)", "",
-             "## 1. Concept set of one word kind", ""] + table(report["concept_sets"]) + [
-             "", "## 2. Blocks, spaces and softmax", ""] + table(report["selections"]) + [
-             "", "## 3. DAAM with the word alone as the prompt", ""] + table(report["lone_words"])
+             "## 1. Concept set of one word kind", ""] + markdown_rows(report["concept_sets"]) + [
+             "", "## 2. Blocks, spaces and softmax", ""] + markdown_rows(report["selections"]) + [
+             "", "## 3. DAAM with the word alone as the prompt", ""] + markdown_rows(report["lone_words"])
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
     print("\n".join(lines))

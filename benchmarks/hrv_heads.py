@@ -39,13 +39,13 @@ from attnscope.core.layers import LayerInfo
 from attnscope.datasets.detect import detect, masks_for_words, match_objects
 from attnscope.datasets.shapes import make_scenes
 from attnscope.eval.compare import mcnemar_exact
-from attnscope.eval.metrics import iou
 from attnscope.eval.report import markdown_table
-from attnscope.eval.runner import binarize, collect_pairs, summarize
+from attnscope.eval.runner import collect_pairs, summarize
 from attnscope.hrv.vectors import spearman
 from attnscope.methods.selective import k_sweep
 from attnscope.realimages import trace_images
 from hrv_shapes import SWEEP_FRACTIONS, pooled_sweep, start_run  # benchmarks/ is the script's folder
+from reporting import markdown_rows  # benchmarks/ is the script's folder
 
 METHODS = ("daam", "selective", "selective-bottom", "hrv-weighted")
 #: Word kinds of the dataset scored per head, and the HRV concept each belongs to.
@@ -79,20 +79,15 @@ def real_protocol(pipe, hrv, scenes, batch):
         tc = trace_images(pipe, np.stack([s.image for s in chunk]), [s.caption for s in chunk], noise=REAL_NOISE,
                           seed=start * 31)  # the seeds of `attnscope eval --protocol real --seed 0`
         results = {name: tc.run(name) for name in METHODS}
-        pairs += collect_pairs(results, chunk, [s.word_masks for s in chunk], offset=start)
+        scored = collect_pairs(results, chunk, [s.word_masks for s in chunk], offset=start, per_head="daam")
+        pairs += scored
+        for pair in scored:  # every head's own DAAM map, scored alone (attnscope.eval.heads)
+            if pair.kind in per_head:
+                per_head[pair.kind].append(pair.heads)
         daam = results["daam"]
-        items = []
-        for i, scene in enumerate(chunk):
-            words = daam.word_tokens(i)
-            for index, mask in scene.word_masks.items():
-                kind = scene.word_kinds[index]
-                if index >= len(words) or kind not in KIND_CONCEPT:
-                    continue
-                tokens = list(words[index].tokens)
-                items.append((i, tokens, mask))
-                with torch.no_grad():
-                    per_head[kind].append([iou(binarize("daam", daam.raw_map(tokens, i, heads=[h]).numpy()), mask)
-                                           for h in range(hrv.n_heads)])
+        items = [(i, list(daam.word_tokens(i)[index].tokens), mask) for i, scene in enumerate(chunk)
+                 for index, mask in scene.word_masks.items()
+                 if index < len(daam.word_tokens(i)) and scene.word_kinds[index] in KIND_CONCEPT]
         if items:
             sweep_rows.append(k_sweep(results["selective"], items, ks))
     sweep = pooled_sweep(sweep_rows, ks)
@@ -149,13 +144,14 @@ def attention_sinks(pipe, scenes, steps, guidance, batch):
                 if index is None or index not in masks:
                     continue  # the object was not drawn: no pixels to follow
                 mask = torch.from_numpy(masks[index].astype(np.float32))[None, None]
+                classes = token_classes(result, scene, i, blocks[0].shape[3], obj)  # every layer keeps the same tokens
                 column = 0
                 for block in blocks:
                     grid = F.interpolate(mask, size=block.shape[-2:], mode="area")[0, 0]
                     probs = block[:, i].float()  # (steps, heads, tokens, h, w)
                     pixel_total = (probs.sum(2) * grid).sum((-1, -2)) / grid.sum()
                     worst = max(worst, float((pixel_total - 1).abs().max()))
-                    for c, positions in enumerate(token_classes(result, scene, i, probs.shape[2], obj)):
+                    for c, positions in enumerate(classes):
                         if positions:
                             share = (probs[:, :, positions].sum(2) * grid).sum((-1, -2)) / grid.sum()
                             shares[:, column : column + probs.shape[1], c] += share.numpy()
@@ -205,15 +201,6 @@ def strengthened_gate(pipe, hrv, scenes, steps, guidance) -> dict:
                        "plain failures": len(plain) - sum(plain),
                        "McNemar p": 1.0 if arm == "plain" else round(mcnemar_exact(broken, fixed), 4)}
     return report
-
-
-def table(rows: list[dict]) -> list[str]:
-    if not rows:
-        return ["(none)"]
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    return lines + ["| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
-                    for r in rows]
 
 
 def main():
@@ -270,15 +257,15 @@ def main():
              "Spearman rank correlation of each concept's row: " +
              ", ".join(f"{c} {v:.3f}" for c, v in stable.items()), "", "Merged HRV (hrv.png):", "", hrv.summary(5), "",
              f"## Real protocol ({args.scenes} test images, noise {REAL_NOISE})", "", markdown_table(scores), "",
-             "### k sweep (mIoU per pair)", ""] + table(sweep) + [
+             "### k sweep (mIoU per pair)", ""] + markdown_rows(sweep) + [
              "", f"### Relevance against localisation (per-head IoU at τ = 0.4; pairs: {head_pairs})", ""] + \
-        table(agreement) + ["", "### Per head (real protocol IoU; start share: object pixels' attention on the "
-                                "start token, generated protocol)", ""] + table(head_rows) + [
+        markdown_rows(agreement) + ["", "### Per head (real protocol IoU; start share: object pixels' attention on the "
+                                "start token, generated protocol)", ""] + markdown_rows(head_rows) + [
              "", f"## Where object pixels' attention goes ({objects} drawn objects of {args.sink_scenes} captions; "
                  f"largest deviation of a pixel's total from 1: {worst:.2e})", "", "### By layer (mean over steps and heads)",
-             ""] + table(by_layer) + ["", "### By step (mean over layers' heads)", ""] + table(by_step) + [
+             ""] + markdown_rows(by_layer) + ["", "### By step (mean over layers' heads)", ""] + markdown_rows(by_step) + [
              "", f"## Strengthening against the quality gate ({args.gate} test captions, one image each)", ""] + \
-        table([{"arm": arm, **v} for arm, v in gate.items()]) + [
+        markdown_rows([{"arm": arm, **v} for arm, v in gate.items()]) + [
              "", "Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     report.update(stability=stable, real_protocol=scores, k_sweep=sweep, per_head_iou=head_iou, head_pairs=head_pairs,
