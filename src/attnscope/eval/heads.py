@@ -56,8 +56,8 @@ def summarize_heads(pairs, method: str = "daam") -> dict:
         return {}
     names = list(scored[0].head_names)
     out = {}
-    for kind in sorted({p.kind for p in pairs if p.heads is not None}):
-        members = [p for p in pairs if p.kind == kind and p.heads is not None]
+    for kind in sorted({p.kind for p in scored}):
+        members = [p for p in scored if p.kind == kind]
         per_head = np.mean([p.heads for p in members], axis=0)
         every = metrics.mean_iou([(binarize(method, p.soft[method]), p.gt) for p in members])
         order = np.argsort(-per_head, kind="stable")
